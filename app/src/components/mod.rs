@@ -1,0 +1,2 @@
+pub mod hydration;
+pub mod layout;

@@ -1,0 +1,19 @@
+use leptos::prelude::*;
+
+/// Page for any path that no route matches.
+#[component]
+pub fn NotFound() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    {
+        if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+            response.set_status(axum::http::StatusCode::NOT_FOUND);
+        }
+    }
+
+    view! {
+        <section class="card">
+            <h1>"Page not found"</h1>
+            <p>"No page exists at this address. " <a href="/">"Go to the home page"</a> "."</p>
+        </section>
+    }
+}

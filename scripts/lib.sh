@@ -1,0 +1,19 @@
+# Helpers shared by the project's scripts. Source it; it defines functions only.
+
+log() {
+    printf '\033[1m[stint]\033[0m %s\n' "$*" >&2
+}
+
+die() {
+    printf '\033[1;31m[stint] error:\033[0m %s\n' "$*" >&2
+    exit 1
+}
+
+# Whether rustup's toolchain has, or can add, the wasm32-unknown-unknown target.
+wasm_target_from_rustup() {
+    command -v rustup >/dev/null || return 1
+    if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+        return 0
+    fi
+    rustup target add wasm32-unknown-unknown >/dev/null 2>&1
+}

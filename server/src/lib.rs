@@ -1,0 +1,200 @@
+//! The Stint server: configuration, HTTP routes, background jobs and their start-up.
+
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod session_store;
+pub mod state;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::{shell, App, OUTPUT_NAME};
+use axum::http::{HeaderName, Request};
+use axum::routing::get;
+use axum::Router;
+use leptos::config::LeptosOptions;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use tokio_util::sync::CancellationToken;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tower_sessions::cookie::SameSite;
+use tower_sessions::session_store::ExpiredDeletion;
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+use crate::config::Config;
+use crate::db::{Database, DatabaseError};
+use crate::session_store::DatabaseSessionStore;
+use crate::state::AppState;
+
+/// Name of the session cookie. It carries only the opaque session id.
+pub const SESSION_COOKIE: &str = "stint_session";
+
+/// A session unused for this long is signed out.
+const SESSION_IDLE: Duration = Duration::from_secs(8 * 60 * 60);
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the complete HTTP router: probes, pages, server functions and static assets.
+pub fn router(state: AppState) -> Router {
+    let routes = generate_route_list(App);
+    let options = state.leptos_options.clone();
+    let session_layer = SessionManagerLayer::new(DatabaseSessionStore::new(state.database.clone()))
+        .with_name(SESSION_COOKIE)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(state.config.is_https())
+        .with_expiry(Expiry::OnInactivity(time::Duration::seconds(
+            SESSION_IDLE.as_secs() as i64,
+        )));
+
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .leptos_routes(&state, routes, move || shell(options.clone()))
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(session_layer)
+        .layer(CompressionLayer::new())
+        .layer(
+            TraceLayer::new_for_http()
+                // A 503 from /readyz is an expected result, not a server fault.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN))
+                .make_span_with(|request: &Request<_>| {
+                    let request_id = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        request_id,
+                        method = %request.method(),
+                        path = request.uri().path(),
+                    )
+                }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Leptos settings for this configuration. The output name is set here, not through
+/// `LEPTOS_OUTPUT_NAME`, so the page requests the `stint.js` and `stint_bg.wasm` that
+/// wasm-bindgen writes.
+pub fn leptos_options(config: &Config) -> LeptosOptions {
+    LeptosOptions::builder()
+        .output_name(OUTPUT_NAME)
+        .site_root(config.site_root.to_string_lossy().into_owned())
+        .site_pkg_dir("pkg")
+        .site_addr(config.listen)
+        .build()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("catalog file {0} not found: set `catalog` to the policy file of requestable roles")]
+    CatalogMissing(String),
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("could not listen on {address}: {source}")]
+    Bind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the database, applies migrations and builds the shared state.
+pub async fn prepare(config: Config) -> Result<AppState, StartError> {
+    if !config.catalog.is_file() {
+        return Err(StartError::CatalogMissing(
+            config.catalog.display().to_string(),
+        ));
+    }
+    let display_url = config.database_url.redacted();
+    let database = Database::connect(config.database_url.expose(), &display_url).await?;
+    database.migrate(&display_url).await?;
+    tracing::info!(database = %display_url, backend = database.backend(), "database ready");
+
+    Ok(AppState {
+        leptos_options: leptos_options(&config),
+        config: Arc::new(config),
+        database,
+        http: state::http_client()?,
+    })
+}
+
+/// Serves HTTP until `shutdown` is cancelled, then lets requests in flight finish.
+pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), StartError> {
+    let address = state.config.listen;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind { address, source })?;
+
+    let sessions = DatabaseSessionStore::new(state.database.clone());
+    let cleanup_shutdown = shutdown.clone();
+    let cleanup = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(300));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = cleanup_shutdown.cancelled() => break,
+                _ = interval.tick() => {
+                    if let Err(error) = sessions.delete_expired().await {
+                        tracing::warn!(%error, "deleting expired sessions failed; retrying at the next interval");
+                    }
+                }
+            }
+        }
+    });
+
+    tracing::info!(
+        listen = %address,
+        public_url = %state.config.public_url,
+        "stint is listening"
+    );
+    let database = state.database.clone();
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .map_err(StartError::Serve);
+
+    shutdown.cancel();
+    let _ = cleanup.await;
+    database.close().await;
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "could not listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received Ctrl-C, shutting down"),
+        _ = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}

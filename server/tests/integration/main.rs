@@ -1,0 +1,7 @@
+//! Integration tests of the server: the router driven in-process, and both database
+//! backends. PostgreSQL tests run against `STINT_TEST_POSTGRES_URL`, a server URL whose
+//! user may create databases; scripts/test.sh starts one.
+
+mod database;
+mod probes;
+mod support;
