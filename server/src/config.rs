@@ -45,6 +45,34 @@ pub struct Config {
     /// Folder that contains `pkg/` with the wasm bundle, its JavaScript glue and the CSS.
     pub site_root: PathBuf,
     pub keycloak: KeycloakConfig,
+    /// Keycloak groups and portal-client roles that make someone an approver, auditor or
+    /// admin. Every signed-in user is a requester.
+    #[serde(default)]
+    pub personas: PersonasConfig,
+}
+
+/// Sources of each persona: a user who is in any listed group or holds any listed role of
+/// the portal's Keycloak client has the persona.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonasConfig {
+    #[serde(default)]
+    pub approver: PersonaSource,
+    #[serde(default)]
+    pub auditor: PersonaSource,
+    #[serde(default)]
+    pub admin: PersonaSource,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonaSource {
+    /// Group paths such as `/stint-approvers`; a missing leading `/` is added.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Roles of the portal's own client (`keycloak.client_id`).
+    #[serde(default)]
+    pub client_roles: Vec<String>,
 }
 
 /// Location of the realm and credentials of the portal's confidential client.
@@ -297,7 +325,19 @@ impl fmt::Display for Config {
             "keycloak.client_id = \"{}\"",
             self.keycloak.client_id
         )?;
-        write!(formatter, "keycloak.client_secret = {secret}")
+        writeln!(formatter, "keycloak.client_secret = {secret}")?;
+        for (name, source) in [
+            ("approver", &self.personas.approver),
+            ("auditor", &self.personas.auditor),
+            ("admin", &self.personas.admin),
+        ] {
+            writeln!(
+                formatter,
+                "personas.{name} = groups {:?}, client roles {:?}",
+                source.groups, source.client_roles
+            )?;
+        }
+        Ok(())
     }
 }
 

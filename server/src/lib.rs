@@ -1,8 +1,10 @@
 //! The Stint server: configuration, HTTP routes, background jobs and their start-up.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod health;
+pub mod security;
 pub mod session_store;
 pub mod state;
 pub mod telemetry;
@@ -10,11 +12,13 @@ pub mod telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 
-use app::{shell, App, OUTPUT_NAME};
+use app::{shell, App, CspSources, OUTPUT_NAME};
 use axum::http::{HeaderName, Request};
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use leptos::config::LeptosOptions;
+use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
@@ -41,6 +45,13 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let options = state.leptos_options.clone();
+    let csp = CspSources {
+        form_action: state.config.keycloak.url.origin().ascii_serialization(),
+    };
+    let page_context = {
+        let csp = csp.clone();
+        move || provide_context(csp.clone())
+    };
     let session_layer = SessionManagerLayer::new(DatabaseSessionStore::new(state.database.clone()))
         .with_name(SESSION_COOKIE)
         .with_http_only(true)
@@ -53,9 +64,24 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .leptos_routes(&state, routes, move || shell(options.clone()))
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .merge(auth::router())
+        .leptos_routes_with_context(&state, routes, page_context.clone(), move || {
+            shell(options.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler_with_context::<
+            AppState,
+            _,
+        >(page_context, shell))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware::resolve_user,
+        ))
         .layer(session_layer)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security::reject_cross_site,
+        ))
+        .layer(middleware::from_fn(security::security_headers))
         .layer(CompressionLayer::new())
         .layer(
             TraceLayer::new_for_http()
@@ -98,6 +124,8 @@ pub enum StartError {
     Database(#[from] DatabaseError),
     #[error("catalog file {0} not found: set `catalog` to the policy file of requestable roles")]
     CatalogMissing(String),
+    #[error("invalid OIDC settings: {0}")]
+    Oidc(String),
     #[error("could not build the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
     #[error("could not listen on {address}: {source}")]
@@ -121,11 +149,14 @@ pub async fn prepare(config: Config) -> Result<AppState, StartError> {
     database.migrate(&display_url).await?;
     tracing::info!(database = %display_url, backend = database.backend(), "database ready");
 
+    let http = state::http_client()?;
+    let oidc = auth::provider::Provider::new(&config, http.clone()).map_err(StartError::Oidc)?;
     Ok(AppState {
         leptos_options: leptos_options(&config),
         config: Arc::new(config),
         database,
-        http: state::http_client()?,
+        http,
+        oidc: Arc::new(oidc),
     })
 }
 

@@ -13,6 +13,8 @@ use crate::with_pool;
 
 /// Session key under which sign-in stores the Keycloak subject (`sub`) as a JSON string.
 pub const SUBJECT_KEY: &str = "stint.subject";
+/// Session key under which sign-in stores Keycloak's session id (`sid`) as a JSON string.
+pub const SID_KEY: &str = "stint.sid";
 
 #[derive(Clone, Debug)]
 pub struct DatabaseSessionStore {
@@ -22,6 +24,21 @@ pub struct DatabaseSessionStore {
 impl DatabaseSessionStore {
     pub fn new(database: Database) -> Self {
         Self { database }
+    }
+
+    /// Deletes every session of the user whose Keycloak session `sid` signed in one of them,
+    /// and returns how many there were.
+    pub async fn delete_by_keycloak_sid(&self, sid: &str) -> Result<u64, sqlx::Error> {
+        with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "delete from session where keycloak_sid = $1 or subject in \
+                 (select subject from session where keycloak_sid = $1 and subject is not null)",
+            )
+            .bind(sid)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
     }
 
     /// Deletes every session signed in as `subject` and returns how many there were.
@@ -41,19 +58,20 @@ fn backend_error(error: sqlx::Error) -> session_store::Error {
     session_store::Error::Backend(error.to_string())
 }
 
-fn subject_of(record: &Record) -> Option<String> {
+fn string_value(record: &Record, key: &str) -> Option<String> {
     record
         .data
-        .get(SUBJECT_KEY)
+        .get(key)
         .and_then(|value| value.as_str())
         .map(str::to_owned)
 }
 
-const INSERT: &str = "insert into session (id, data, subject, expires_at) values ($1, $2, $3, $4) \
-     on conflict (id) do nothing";
-const UPSERT: &str = "insert into session (id, data, subject, expires_at) values ($1, $2, $3, $4) \
-     on conflict (id) do update set data = excluded.data, \
-     subject = excluded.subject, expires_at = excluded.expires_at";
+const INSERT: &str = "insert into session (id, data, subject, keycloak_sid, expires_at) \
+     values ($1, $2, $3, $4, $5) on conflict (id) do nothing";
+const UPSERT: &str = "insert into session (id, data, subject, keycloak_sid, expires_at) \
+     values ($1, $2, $3, $4, $5) on conflict (id) do update set data = excluded.data, \
+     subject = excluded.subject, keycloak_sid = excluded.keycloak_sid, \
+     expires_at = excluded.expires_at";
 
 impl DatabaseSessionStore {
     /// Runs `sql`, one of [`INSERT`] or [`UPSERT`], for `record` and returns the rows written.
@@ -64,7 +82,8 @@ impl DatabaseSessionStore {
             sqlx::query(sql)
                 .bind(record.id.to_string())
                 .bind(&data)
-                .bind(subject_of(record))
+                .bind(string_value(record, SUBJECT_KEY))
+                .bind(string_value(record, SID_KEY))
                 .bind(record.expiry_date.unix_timestamp())
                 .execute(pool)
                 .await

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use leptos::config::LeptosOptions;
 
+use crate::auth::provider::Provider;
 use crate::config::Config;
 use crate::db::Database;
 
@@ -15,6 +16,8 @@ pub struct AppState {
     /// Client for Keycloak. It follows no redirects, so a token or secret is never sent on
     /// to a host that a redirect names.
     pub http: reqwest::Client,
+    /// The realm's OpenID provider, discovered at the first sign-in.
+    pub oidc: Arc<Provider>,
 }
 
 impl FromRef<AppState> for LeptosOptions {

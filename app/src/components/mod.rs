@@ -1,2 +1,3 @@
+pub mod guard;
 pub mod hydration;
 pub mod layout;

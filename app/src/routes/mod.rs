@@ -1,2 +1,5 @@
 pub mod home;
+pub mod me;
 pub mod not_found;
+pub mod persona_pages;
+pub mod signin_error;

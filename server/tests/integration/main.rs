@@ -3,5 +3,7 @@
 //! user may create databases; scripts/test.sh starts one.
 
 mod database;
+mod fake_keycloak;
+mod oidc;
 mod probes;
 mod support;

@@ -35,6 +35,9 @@ url = "{keycloak_url}"
 realm = "stint"
 client_id = "stint-portal"
 client_secret = "test-secret"
+
+[personas.approver]
+groups = ["/stint-approvers"]
 "#,
             catalog = self.dir.path().join("catalog.toml").display(),
             database = self.dir.path().join("stint.db").display(),

@@ -1,0 +1,3 @@
+//! Types shared by the server and the browser.
+
+pub mod user;
