@@ -46,7 +46,7 @@ export STINT_TEST_POSTGRES_URL
 
 log "running the Rust tests"
 cargo test -p app --features ssr
-cargo test -p server
+cargo test -p server --lib --bins --test integration
 
 log "building the portal"
 scripts/build.sh
@@ -58,6 +58,9 @@ if ! wait "$keycloak_job"; then
 fi
 cat "$keycloak_log"
 dev/keycloak-smoke.sh
+
+log "running the Rust tests against Keycloak"
+STINT_TEST_KEYCLOAK_URL=$STINT_E2E_KEYCLOAK_URL cargo test -p server --test keycloak
 
 log "running the browser tests on SQLite"
 (cd end2end && npx playwright test)

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod components;
 pub mod model;
 pub mod routes;
+#[cfg(feature = "ssr")]
+pub mod server;
 pub mod url;
 
 use leptos::prelude::*;

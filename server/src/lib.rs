@@ -2,12 +2,15 @@
 
 pub mod auth;
 pub mod config;
-pub mod db;
 pub mod health;
 pub mod security;
 pub mod session_store;
 pub mod state;
 pub mod telemetry;
+
+/// The database layer lives in `app` so that server functions reach it too.
+pub use app::server::db;
+pub use app::with_pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +30,9 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tower_sessions::cookie::SameSite;
 use tower_sessions::session_store::ExpiredDeletion;
 use tower_sessions::{Expiry, SessionManagerLayer};
+
+use app::server::catalog::{Catalog, CatalogError};
+use app::server::keycloak::KeycloakAdmin;
 
 use crate::config::Config;
 use crate::db::{Database, DatabaseError};
@@ -122,8 +128,8 @@ pub fn leptos_options(config: &Config) -> LeptosOptions {
 pub enum StartError {
     #[error(transparent)]
     Database(#[from] DatabaseError),
-    #[error("catalog file {0} not found: set `catalog` to the policy file of requestable roles")]
-    CatalogMissing(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     #[error("invalid OIDC settings: {0}")]
     Oidc(String),
     #[error("could not build the HTTP client: {0}")]
@@ -139,11 +145,6 @@ pub enum StartError {
 
 /// Opens the database, applies migrations and builds the shared state.
 pub async fn prepare(config: Config) -> Result<AppState, StartError> {
-    if !config.catalog.is_file() {
-        return Err(StartError::CatalogMissing(
-            config.catalog.display().to_string(),
-        ));
-    }
     let display_url = config.database_url.redacted();
     let database = Database::connect(config.database_url.expose(), &display_url).await?;
     database.migrate(&display_url).await?;
@@ -151,12 +152,27 @@ pub async fn prepare(config: Config) -> Result<AppState, StartError> {
 
     let http = state::http_client()?;
     let oidc = auth::provider::Provider::new(&config, http.clone()).map_err(StartError::Oidc)?;
+    let admin = KeycloakAdmin::new(
+        http.clone(),
+        config.keycloak.url.as_str(),
+        &config.keycloak.realm,
+        &config.keycloak.client_id,
+        config.keycloak.client_secret(),
+    );
+    let (catalog, warnings) = Catalog::load(&config.catalog, &admin).await?;
+    for warning in &warnings {
+        tracing::warn!(%warning, "catalog entry not verified against Keycloak; it is checked again at the next reload (SIGHUP)");
+    }
+    tracing::info!(catalog = %config.catalog.display(), roles = catalog.roles.len(), "catalog loaded");
+
     Ok(AppState {
         leptos_options: leptos_options(&config),
         config: Arc::new(config),
         database,
         http,
         oidc: Arc::new(oidc),
+        admin: Arc::new(admin),
+        catalog: Arc::new(std::sync::RwLock::new(Arc::new(catalog))),
     })
 }
 
@@ -184,6 +200,10 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), S
         }
     });
 
+    let reload_state = state.clone();
+    let reload_shutdown = shutdown.clone();
+    let reload = tokio::spawn(async move { reload_on_sighup(reload_state, reload_shutdown).await });
+
     tracing::info!(
         listen = %address,
         public_url = %state.config.public_url,
@@ -197,8 +217,37 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), S
 
     shutdown.cancel();
     let _ = cleanup.await;
+    let _ = reload.await;
     database.close().await;
     result
+}
+
+/// Reloads the catalog on every SIGHUP until `shutdown` is cancelled.
+async fn reload_on_sighup(state: AppState, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "could not listen for SIGHUP; the catalog reloads only on restart");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangups.recv() => {
+                    match state.reload_catalog().await {
+                        Ok(roles) => tracing::info!(roles, "catalog reloaded on SIGHUP"),
+                        Err(error) => tracing::error!(%error, "catalog reload rejected; the previous catalog stays in force"),
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    shutdown.cancelled().await;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

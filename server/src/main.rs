@@ -22,6 +22,8 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print it with secrets hidden, and exit.
     CheckConfig,
+    /// Check the catalog file against Keycloak, print each problem, and exit.
+    CheckCatalog,
 }
 
 #[tokio::main]
@@ -42,7 +44,49 @@ async fn main() -> ExitCode {
             println!("{config}");
             ExitCode::SUCCESS
         }
+        Command::CheckCatalog => check_catalog(&config).await,
         Command::Serve => serve(config).await,
+    }
+}
+
+async fn check_catalog(config: &Config) -> ExitCode {
+    let http = match server::state::http_client() {
+        Ok(http) => http,
+        Err(error) => {
+            eprintln!("stint: could not build the HTTP client: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = app::server::keycloak::KeycloakAdmin::new(
+        http,
+        config.keycloak.url.as_str(),
+        &config.keycloak.realm,
+        &config.keycloak.client_id,
+        config.keycloak.client_secret(),
+    );
+    match app::server::catalog::Catalog::load(&config.catalog, &admin).await {
+        Ok((catalog, warnings)) if warnings.is_empty() => {
+            println!(
+                "catalog {} is valid: {} requestable roles",
+                config.catalog.display(),
+                catalog.roles.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((_, warnings)) => {
+            eprintln!(
+                "stint: catalog {} could not be fully checked:",
+                config.catalog.display()
+            );
+            for warning in warnings {
+                eprintln!("  {warning}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("stint: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

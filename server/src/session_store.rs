@@ -9,7 +9,7 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, ExpiredDeletion, SessionStore};
 
 use crate::db::Database;
-use crate::with_pool;
+use app::with_pool;
 
 /// Session key under which sign-in stores the Keycloak subject (`sub`) as a JSON string.
 pub const SUBJECT_KEY: &str = "stint.subject";

@@ -1,5 +1,7 @@
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use app::server::catalog::{Catalog, CatalogError};
+use app::server::keycloak::KeycloakAdmin;
 use axum::extract::FromRef;
 use leptos::config::LeptosOptions;
 
@@ -18,6 +20,37 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// The realm's OpenID provider, discovered at the first sign-in.
     pub oidc: Arc<Provider>,
+    /// Keycloak's Admin REST API, as the portal's service account.
+    pub admin: Arc<KeycloakAdmin>,
+    /// The requestable roles. A reload swaps the whole catalog, so readers never see a mix.
+    pub catalog: Arc<RwLock<Arc<Catalog>>>,
+}
+
+impl AppState {
+    /// Returns the catalog in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        match self.catalog.read() {
+            Ok(catalog) => catalog.clone(),
+            // A writer panicked while swapping in a new catalog; the old one is still whole.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the catalog file again and swaps it in if it passes every check. A bad file
+    /// keeps the catalog in force and returns the problems.
+    pub async fn reload_catalog(&self) -> Result<usize, CatalogError> {
+        let (catalog, warnings) = Catalog::load(&self.config.catalog, self.admin.as_ref()).await?;
+        for warning in &warnings {
+            tracing::warn!(%warning, "catalog entry not verified against Keycloak");
+        }
+        let count = catalog.roles.len();
+        let mut slot = match self.catalog.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Arc::new(catalog);
+        Ok(count)
+    }
 }
 
 impl FromRef<AppState> for LeptosOptions {

@@ -2,8 +2,10 @@
 //! backends. PostgreSQL tests run against `STINT_TEST_POSTGRES_URL`, a server URL whose
 //! user may create databases; scripts/test.sh starts one.
 
+mod catalog;
 mod database;
 mod fake_keycloak;
 mod oidc;
 mod probes;
+mod requests;
 mod support;

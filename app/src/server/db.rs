@@ -22,8 +22,8 @@ pub enum Database {
 macro_rules! with_pool {
     ($database:expr, |$pool:ident| $body:expr) => {
         match $database {
-            $crate::db::Database::Sqlite($pool) => $body,
-            $crate::db::Database::Postgres($pool) => $body,
+            $crate::server::db::Database::Sqlite($pool) => $body,
+            $crate::server::db::Database::Postgres($pool) => $body,
         }
     };
 }

@@ -1,0 +1,255 @@
+//! Client of Keycloak's Admin REST API (Keycloak 26), authenticated as the portal's
+//! service account with the client-credentials grant.
+//!
+//! The access token is cached until shortly before it expires and fetched again once when
+//! Keycloak answers 401. Every path segment is percent-encoded, because role names may
+//! contain `/`, `;`, `=` or `+`.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::server::catalog::{Directory, KeycloakRole};
+
+/// A cached token is replaced this long before Keycloak's `expires_in` runs out.
+const TOKEN_MARGIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("Keycloak request {what} failed: {reason}")]
+    Transport { what: String, reason: String },
+    #[error(
+        "Keycloak rejected the service account's request {what} with 403: grant the \
+         stint-portal service account the realm-management role it needs ({hint})"
+    )]
+    Forbidden { what: String, hint: &'static str },
+    #[error("Keycloak returned {status} for {what}")]
+    Status { what: String, status: StatusCode },
+    #[error("the service-account token request failed: {0}")]
+    Token(String),
+}
+
+struct CachedToken {
+    value: String,
+    renew_at: Instant,
+}
+
+pub struct KeycloakAdmin {
+    http: reqwest::Client,
+    base_url: String,
+    realm: String,
+    client_id: String,
+    client_secret: String,
+    token: Mutex<Option<CachedToken>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct ClientRepresentation {
+    id: String,
+}
+
+/// Percent-encodes one URL path segment.
+fn segment(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                encoded.push(char::from(byte))
+            }
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    encoded
+}
+
+impl KeycloakAdmin {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        realm: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Self {
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            realm: realm.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            token: Mutex::new(None),
+        }
+    }
+
+    async fn token(&self, renew: bool) -> Result<String, AdminError> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref() {
+            if !renew && Instant::now() < token.renew_at {
+                return Ok(token.value.clone());
+            }
+        }
+        let url = format!(
+            "{}/realms/{}/protocol/openid-connect/token",
+            self.base_url,
+            segment(&self.realm)
+        );
+        let response = self
+            .http
+            .post(&url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|error| AdminError::Token(error.to_string()))?;
+        if !response.status().is_success() {
+            return Err(AdminError::Token(format!(
+                "POST {url} returned {}: check keycloak.client_id, the client secret and that \
+                 the client has service accounts enabled",
+                response.status()
+            )));
+        }
+        let token: TokenResponse = response
+            .json()
+            .await
+            .map_err(|error| AdminError::Token(error.to_string()))?;
+        let lifetime = Duration::from_secs(token.expires_in).saturating_sub(TOKEN_MARGIN);
+        *cached = Some(CachedToken {
+            value: token.access_token.clone(),
+            renew_at: Instant::now() + lifetime,
+        });
+        Ok(token.access_token)
+    }
+
+    /// Sends `GET {admin}/realms/{realm}/{segments…}` and returns the response; a 401 fetches
+    /// a new token and retries once.
+    async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::Response, AdminError> {
+        let path: Vec<String> = segments.iter().map(|part| segment(part)).collect();
+        let url = format!(
+            "{}/admin/realms/{}/{}",
+            self.base_url,
+            segment(&self.realm),
+            path.join("/")
+        );
+        let what = format!("GET {url}");
+        let mut renew = false;
+        loop {
+            let token = self.token(renew).await?;
+            let response = self
+                .http
+                .get(&url)
+                .query(query)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|error| AdminError::Transport {
+                    what: what.clone(),
+                    reason: error.to_string(),
+                })?;
+            if response.status() == StatusCode::UNAUTHORIZED && !renew {
+                tracing::info!(%url, "Keycloak returned 401; fetching a new service-account token");
+                renew = true;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+
+    /// Returns whether `GET segments` finds the object: 200 is yes, 404 is no.
+    async fn exists(&self, segments: &[&str], hint: &'static str) -> Result<bool, AdminError> {
+        let response = self.get(segments, &[]).await?;
+        let what = || format!("GET …/{}", segments.join("/"));
+        match response.status() {
+            status if status.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::FORBIDDEN => Err(AdminError::Forbidden { what: what(), hint }),
+            status => Err(AdminError::Status {
+                what: what(),
+                status,
+            }),
+        }
+    }
+
+    /// Returns the internal id of the client whose `clientId` is `client_id`.
+    pub async fn client_uuid(&self, client_id: &str) -> Result<Option<String>, AdminError> {
+        let response = self
+            .get(
+                &["clients"],
+                &[("clientId", client_id), ("search", "false")],
+            )
+            .await?;
+        match response.status() {
+            status if status.is_success() => {
+                let clients: Vec<ClientRepresentation> =
+                    response
+                        .json()
+                        .await
+                        .map_err(|error| AdminError::Transport {
+                            what: "GET …/clients".into(),
+                            reason: error.to_string(),
+                        })?;
+                Ok(clients.into_iter().next().map(|client| client.id))
+            }
+            StatusCode::FORBIDDEN => Err(AdminError::Forbidden {
+                what: "GET …/clients".into(),
+                hint: "view-clients",
+            }),
+            status => Err(AdminError::Status {
+                what: "GET …/clients".into(),
+                status,
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Directory for KeycloakAdmin {
+    async fn role_exists(&self, role: &KeycloakRole) -> Result<bool, String> {
+        let result = match role {
+            KeycloakRole::Realm(name) => self.exists(&["roles", name], "view-realm").await,
+            KeycloakRole::Client(client, name) => match self.client_uuid(client).await {
+                Ok(Some(uuid)) => {
+                    self.exists(&["clients", &uuid, "roles", name], "view-clients")
+                        .await
+                }
+                Ok(None) => Ok(false),
+                Err(error) => Err(error),
+            },
+        };
+        result.map_err(|error| error.to_string())
+    }
+
+    async fn group_exists(&self, path: &str) -> Result<bool, String> {
+        // `group-by-path` takes the path's own segments: `/parent/child` is
+        // `group-by-path/parent/child`.
+        let mut segments = vec!["group-by-path"];
+        segments.extend(path.split('/').filter(|part| !part.is_empty()));
+        self.exists(&segments, "query-groups")
+            .await
+            .map_err(|error| error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(segment("db-admin"), "db-admin");
+        assert_eq!(segment("a/b;c=d+e f"), "a%2Fb%3Bc%3Dd%2Be%20f");
+    }
+}

@@ -1,0 +1,4 @@
+//! Access requests: the rules that decide them, and their storage with the audit log.
+
+pub mod rules;
+pub mod store;

@@ -1,0 +1,323 @@
+//! Storage of access requests. Every state change and its audit event are written in one
+//! transaction, so the log never misses a change and never records one that was rolled back.
+
+use crate::server::db::Database;
+use crate::server::requests::rules::{self, Decision, DecisionError, RequestFacts, RequestStatus};
+use crate::with_pool;
+
+/// The person performing an action, with the ids Keycloak gives them.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub subject: String,
+    pub username: String,
+}
+
+/// A validated request, ready to be stored.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub requester: Actor,
+    pub role_key: String,
+    pub duration_seconds: i64,
+    pub starts_at: Option<i64>,
+    pub justification: String,
+    pub ticket: Option<String>,
+    pub approvals_required: u32,
+    pub approval_deadline: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "you already have a pending request for role `{0}`: wait for its decision or cancel it"
+    )]
+    DuplicatePending(String),
+    #[error("request {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Decision(#[from] DecisionError),
+    #[error(transparent)]
+    Cancel(#[from] rules::CancelError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// One row of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub occurred_at: i64,
+    pub actor_subject: Option<String>,
+    pub request_id: Option<String>,
+    pub action: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub comment: String,
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.is_unique_violation())
+}
+
+const INSERT_AUDIT: &str = "insert into audit_event \
+    (occurred_at, actor_subject, actor_username, request_id, action, from_status, to_status, comment) \
+    values ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Stores a new pending request and its `request_created` audit event; returns its id.
+pub async fn create(
+    database: &Database,
+    request: &NewRequest,
+    now: i64,
+) -> Result<String, StoreError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let result: Result<(), sqlx::Error> = with_pool!(database, |pool| {
+        async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "insert into access_request (id, requester_subject, requester_username, role_key, \
+                 duration_seconds, starts_at, justification, ticket, status, approvals_required, \
+                 approval_deadline, created_at, updated_at) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $11)",
+            )
+            .bind(&id)
+            .bind(&request.requester.subject)
+            .bind(&request.requester.username)
+            .bind(&request.role_key)
+            .bind(request.duration_seconds)
+            .bind(request.starts_at)
+            .bind(&request.justification)
+            .bind(&request.ticket)
+            .bind(i64::from(request.approvals_required))
+            .bind(request.approval_deadline)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(INSERT_AUDIT)
+                .bind(now)
+                .bind(&request.requester.subject)
+                .bind(&request.requester.username)
+                .bind(&id)
+                .bind("request_created")
+                .bind(None::<String>)
+                .bind(RequestStatus::Pending.as_str())
+                .bind(&request.justification)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await
+    });
+    match result {
+        Ok(()) => Ok(id),
+        Err(error) if is_unique_violation(&error) => {
+            Err(StoreError::DuplicatePending(request.role_key.clone()))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Records `decision` by `approver` on request `id` at `now`, with the rules applied to the
+/// request as stored inside the same transaction. Returns the status afterwards.
+pub async fn decide(
+    database: &Database,
+    id: &str,
+    approver: &Actor,
+    approver_eligible: bool,
+    decision: Decision,
+    comment: &str,
+    now: i64,
+) -> Result<RequestStatus, StoreError> {
+    // NOTE: two approvers deciding one request at the same instant are serialised by the
+    // database's write lock on SQLite and by `for update` on PostgreSQL. The later one reads
+    // the earlier one's approval, so it is rejected or counted as a further approval. No
+    // test runs two decisions concurrently yet.
+    let row_lock = match database {
+        Database::Sqlite(_) => "",
+        Database::Postgres(_) => " for update",
+    };
+    let select = format!(
+        "select requester_subject, status, approvals_required, approval_deadline \
+         from access_request where id = $1{row_lock}"
+    );
+    with_pool!(database, |pool| {
+        async {
+            let mut tx = pool.begin().await?;
+            let row: Option<(String, String, i64, i64)> = sqlx::query_as(&select)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((requester_subject, status, approvals_required, approval_deadline)) = row
+            else {
+                return Err(StoreError::NotFound(id.to_owned()));
+            };
+            let approved_by: Vec<String> = sqlx::query_scalar(
+                "select approver_subject from approval where request_id = $1 and decision = 'approve'",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let from = RequestStatus::parse(&status).unwrap_or(RequestStatus::Pending);
+            let facts = RequestFacts {
+                requester_subject,
+                status: from,
+                approvals_required: u32::try_from(approvals_required).unwrap_or(1),
+                approved_by,
+                approval_deadline,
+            };
+            let outcome = rules::decide(&facts, &approver.subject, approver_eligible, decision, now)?;
+
+            sqlx::query(
+                "insert into approval (request_id, approver_subject, approver_username, decision, \
+                 comment, decided_at) values ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(&approver.subject)
+            .bind(&approver.username)
+            .bind(decision.as_str())
+            .bind(comment)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if outcome.status != from {
+                sqlx::query("update access_request set status = $1, updated_at = $2 where id = $3")
+                    .bind(outcome.status.as_str())
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let action = match decision {
+                Decision::Approve => "request_approved",
+                Decision::Deny => "request_denied",
+            };
+            sqlx::query(INSERT_AUDIT)
+                .bind(now)
+                .bind(&approver.subject)
+                .bind(&approver.username)
+                .bind(id)
+                .bind(action)
+                .bind(from.as_str())
+                .bind(outcome.status.as_str())
+                .bind(comment)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(outcome.status)
+        }
+        .await
+    })
+}
+
+/// Expires every pending request whose deadline passed by `now`, each with an audit event.
+/// Returns how many expired.
+pub async fn expire_due(database: &Database, now: i64) -> Result<u64, StoreError> {
+    let expired = with_pool!(database, |pool| {
+        async {
+            let mut tx = pool.begin().await?;
+            let ids: Vec<String> = sqlx::query_scalar(
+                "update access_request set status = 'expired', updated_at = $1 \
+                 where status = 'pending' and approval_deadline <= $1 returning id",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in &ids {
+                sqlx::query(INSERT_AUDIT)
+                    .bind(now)
+                    .bind(None::<String>)
+                    .bind(None::<String>)
+                    .bind(id)
+                    .bind("request_expired")
+                    .bind(RequestStatus::Pending.as_str())
+                    .bind(RequestStatus::Expired.as_str())
+                    .bind("")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(ids.len() as u64)
+        }
+        .await
+    })?;
+    Ok(expired)
+}
+
+/// Cancels a pending request on behalf of its requester.
+pub async fn cancel(
+    database: &Database,
+    id: &str,
+    requester: &Actor,
+    now: i64,
+) -> Result<(), StoreError> {
+    with_pool!(database, |pool| {
+        async {
+            let mut tx = pool.begin().await?;
+            let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+                "select requester_subject, status, approvals_required, approval_deadline \
+                 from access_request where id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((requester_subject, status, _, approval_deadline)) = row else {
+                return Err(StoreError::NotFound(id.to_owned()));
+            };
+            let facts = RequestFacts {
+                requester_subject,
+                status: RequestStatus::parse(&status).unwrap_or(RequestStatus::Pending),
+                approvals_required: 1,
+                approved_by: Vec::new(),
+                approval_deadline,
+            };
+            rules::cancel(&facts, &requester.subject)?;
+            sqlx::query(
+                "update access_request set status = 'cancelled', updated_at = $1 where id = $2",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(INSERT_AUDIT)
+                .bind(now)
+                .bind(&requester.subject)
+                .bind(&requester.username)
+                .bind(id)
+                .bind("request_cancelled")
+                .bind(RequestStatus::Pending.as_str())
+                .bind(RequestStatus::Cancelled.as_str())
+                .bind("")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await
+    })
+}
+
+/// Returns the audit events of request `id`, oldest first.
+pub async fn audit_trail(database: &Database, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+    let events = with_pool!(database, |pool| {
+        sqlx::query_as::<_, AuditEvent>(
+            "select id, occurred_at, actor_subject, request_id, action, from_status, to_status, comment \
+             from audit_event where request_id = $1 order by id",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+    })?;
+    Ok(events)
+}
+
+/// Returns the stored status of request `id`.
+pub async fn status(database: &Database, id: &str) -> Result<RequestStatus, StoreError> {
+    let status: Option<String> = with_pool!(database, |pool| {
+        sqlx::query_scalar("select status from access_request where id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+    })?;
+    status
+        .as_deref()
+        .and_then(RequestStatus::parse)
+        .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+}

@@ -1,0 +1,286 @@
+//! Request storage and its audit log, on SQLite and on PostgreSQL.
+
+use app::server::requests::rules::{Decision, DecisionError, RequestStatus};
+use app::server::requests::store::{self, Actor, NewRequest, StoreError};
+use server::db::Database;
+
+use crate::support;
+
+const NOW: i64 = 1_800_000_000;
+
+fn actor(name: &str) -> Actor {
+    Actor {
+        subject: format!("{name}-sub"),
+        username: name.to_owned(),
+    }
+}
+
+fn new_request(approvals_required: u32) -> NewRequest {
+    NewRequest {
+        requester: actor("alice"),
+        role_key: "db-admin".into(),
+        duration_seconds: 3600,
+        starts_at: None,
+        justification: "restore the orders table".into(),
+        ticket: Some("OPS-1".into()),
+        approvals_required,
+        approval_deadline: NOW + 600,
+    }
+}
+
+async fn sqlite() -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("stint.db").display());
+    let database = Database::connect(&url, &url).await.unwrap();
+    database.migrate(&url).await.unwrap();
+    (dir, database)
+}
+
+async fn actions(database: &Database, id: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    store::audit_trail(database, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| (event.action, event.from_status, event.to_status))
+        .collect()
+}
+
+fn step(action: &str, from: Option<&str>, to: &str) -> (String, Option<String>, Option<String>) {
+    (
+        action.to_owned(),
+        from.map(str::to_owned),
+        Some(to.to_owned()),
+    )
+}
+
+async fn two_approvals_flow(database: &Database) {
+    let id = store::create(database, &new_request(2), NOW).await.unwrap();
+    let bob = actor("bob");
+    let carol = actor("carol");
+
+    let own = store::decide(
+        database,
+        &id,
+        &actor("alice"),
+        true,
+        Decision::Approve,
+        "",
+        NOW,
+    )
+    .await;
+    assert!(
+        matches!(own, Err(StoreError::Decision(DecisionError::OwnRequest))),
+        "{own:?}"
+    );
+
+    let first = store::decide(database, &id, &bob, true, Decision::Approve, "ok", NOW + 1).await;
+    assert_eq!(first.unwrap(), RequestStatus::Pending);
+    let twice = store::decide(database, &id, &bob, true, Decision::Approve, "", NOW + 2).await;
+    assert!(
+        matches!(
+            twice,
+            Err(StoreError::Decision(DecisionError::AlreadyApproved))
+        ),
+        "{twice:?}"
+    );
+    let second = store::decide(
+        database,
+        &id,
+        &carol,
+        true,
+        Decision::Approve,
+        "fine",
+        NOW + 3,
+    )
+    .await;
+    assert_eq!(second.unwrap(), RequestStatus::Approved);
+    assert_eq!(
+        store::status(database, &id).await.unwrap(),
+        RequestStatus::Approved
+    );
+
+    let late = store::decide(
+        database,
+        &id,
+        &actor("dave"),
+        true,
+        Decision::Deny,
+        "",
+        NOW + 4,
+    )
+    .await;
+    assert!(
+        matches!(
+            late,
+            Err(StoreError::Decision(DecisionError::AlreadyDecided(
+                RequestStatus::Approved
+            )))
+        ),
+        "{late:?}"
+    );
+    assert_eq!(
+        actions(database, &id).await,
+        vec![
+            step("request_created", None, "pending"),
+            step("request_approved", Some("pending"), "pending"),
+            step("request_approved", Some("pending"), "approved"),
+        ]
+    );
+}
+
+async fn duplicate_and_expiry(database: &Database) {
+    let id = store::create(database, &new_request(1), NOW).await.unwrap();
+    let again = store::create(database, &new_request(1), NOW).await;
+    assert!(
+        matches!(again, Err(StoreError::DuplicatePending(ref role)) if role == "db-admin"),
+        "{again:?}"
+    );
+
+    assert_eq!(store::expire_due(database, NOW + 599).await.unwrap(), 0);
+    assert_eq!(store::expire_due(database, NOW + 600).await.unwrap(), 1);
+    assert_eq!(
+        store::status(database, &id).await.unwrap(),
+        RequestStatus::Expired
+    );
+    let approve = store::decide(
+        database,
+        &id,
+        &actor("bob"),
+        true,
+        Decision::Approve,
+        "",
+        NOW + 601,
+    )
+    .await;
+    assert!(matches!(
+        approve,
+        Err(StoreError::Decision(DecisionError::AlreadyDecided(
+            RequestStatus::Expired
+        )))
+    ));
+    assert_eq!(
+        actions(database, &id).await.last().unwrap(),
+        &step("request_expired", Some("pending"), "expired")
+    );
+
+    // Once the first request is no longer pending, a new one for the same role is allowed.
+    let next = store::create(database, &new_request(1), NOW + 700)
+        .await
+        .unwrap();
+    store::cancel(database, &next, &actor("alice"), NOW + 701)
+        .await
+        .unwrap();
+    let not_yours = store::cancel(database, &next, &actor("bob"), NOW + 702).await;
+    assert!(
+        matches!(not_yours, Err(StoreError::Cancel(_))),
+        "{not_yours:?}"
+    );
+    assert_eq!(
+        store::status(database, &next).await.unwrap(),
+        RequestStatus::Cancelled
+    );
+}
+
+async fn audit_log_is_append_only(database: &Database) {
+    let id = store::create(database, &new_request(1), NOW).await.unwrap();
+    let update = server::with_pool!(database, |pool| {
+        sqlx::query("update audit_event set comment = 'edited' where request_id = $1")
+            .bind(&id)
+            .execute(pool)
+            .await
+            .map(drop)
+    });
+    assert!(update.is_err(), "an audit event was updated");
+    let delete = server::with_pool!(database, |pool| {
+        sqlx::query("delete from audit_event where request_id = $1")
+            .bind(&id)
+            .execute(pool)
+            .await
+            .map(drop)
+    });
+    assert!(delete.is_err(), "an audit event was deleted");
+    assert_eq!(actions(database, &id).await.len(), 1);
+}
+
+async fn failed_decision_writes_nothing(database: &Database) {
+    let id = store::create(database, &new_request(1), NOW).await.unwrap();
+    let former = store::decide(
+        database,
+        &id,
+        &actor("bob"),
+        false,
+        Decision::Approve,
+        "",
+        NOW,
+    )
+    .await;
+    assert!(matches!(
+        former,
+        Err(StoreError::Decision(DecisionError::NotApprover))
+    ));
+    assert_eq!(
+        actions(database, &id).await.len(),
+        1,
+        "a rejected decision left an audit event"
+    );
+    assert_eq!(
+        store::status(database, &id).await.unwrap(),
+        RequestStatus::Pending
+    );
+}
+
+#[tokio::test]
+async fn sqlite_two_approvals() {
+    let (_dir, database) = sqlite().await;
+    two_approvals_flow(&database).await;
+}
+
+#[tokio::test]
+async fn sqlite_duplicate_and_expiry() {
+    let (_dir, database) = sqlite().await;
+    duplicate_and_expiry(&database).await;
+}
+
+#[tokio::test]
+async fn sqlite_audit_append_only() {
+    let (_dir, database) = sqlite().await;
+    audit_log_is_append_only(&database).await;
+}
+
+#[tokio::test]
+async fn sqlite_rejected_decision_atomic() {
+    let (_dir, database) = sqlite().await;
+    failed_decision_writes_nothing(&database).await;
+}
+
+#[tokio::test]
+async fn postgres_two_approvals() {
+    let Some((database, _)) = support::postgres_database().await else {
+        return;
+    };
+    two_approvals_flow(&database).await;
+}
+
+#[tokio::test]
+async fn postgres_duplicate_and_expiry() {
+    let Some((database, _)) = support::postgres_database().await else {
+        return;
+    };
+    duplicate_and_expiry(&database).await;
+}
+
+#[tokio::test]
+async fn postgres_audit_append_only() {
+    let Some((database, _)) = support::postgres_database().await else {
+        return;
+    };
+    audit_log_is_append_only(&database).await;
+}
+
+#[tokio::test]
+async fn postgres_rejected_decision_atomic() {
+    let Some((database, _)) = support::postgres_database().await else {
+        return;
+    };
+    failed_decision_writes_nothing(&database).await;
+}
