@@ -60,6 +60,7 @@ export default defineConfig({
       STINT_LISTEN: new URL(PORTAL_URL).host,
       STINT_PUBLIC_URL: PORTAL_URL,
       STINT_DATABASE_URL: process.env.STINT_E2E_DATABASE_URL ?? `sqlite://${dataDir}/stint.db`,
+      STINT_CATALOG: path.join(__dirname, 'catalog.toml'),
       STINT_SITE_ROOT: process.env.STINT_SITE_ROOT ?? path.join(targetDir, 'site'),
       STINT_KEYCLOAK__URL: KEYCLOAK_URL,
       RUST_LOG: process.env.RUST_LOG ?? 'info,sqlx=warn',

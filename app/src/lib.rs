@@ -3,6 +3,7 @@
 //! Compiled twice: with `ssr` into the server binary, which renders every page, and with
 //! `hydrate` into the wasm bundle, which makes the rendered pages interactive.
 
+pub mod api;
 pub mod auth;
 pub mod components;
 pub mod model;
@@ -20,10 +21,13 @@ use leptos_router::{
 
 use crate::components::layout::Layout;
 use crate::routes::{
+    catalog::CatalogPage,
     home::HomePage,
     me::MePage,
     not_found::NotFound,
     persona_pages::{AdminPage, ApprovalsPage, AuditPage},
+    request_new::NewRequestPage,
+    requests::MyRequestsPage,
     signin_error::SignInErrorPage,
 };
 
@@ -100,6 +104,13 @@ pub fn App() -> impl IntoView {
                 <Routes fallback=NotFound>
                     <Route path=StaticSegment("") view=HomePage ssr=SsrMode::Async />
                     <Route path=StaticSegment("me") view=MePage ssr=SsrMode::Async />
+                    <Route path=StaticSegment("catalog") view=CatalogPage ssr=SsrMode::Async />
+                    <Route path=StaticSegment("requests") view=MyRequestsPage ssr=SsrMode::Async />
+                    <Route
+                        path=(StaticSegment("requests"), StaticSegment("new"))
+                        view=NewRequestPage
+                        ssr=SsrMode::Async
+                    />
                     <Route path=StaticSegment("approvals") view=ApprovalsPage ssr=SsrMode::Async />
                     <Route path=StaticSegment("audit") view=AuditPage ssr=SsrMode::Async />
                     <Route path=StaticSegment("admin") view=AdminPage ssr=SsrMode::Async />

@@ -192,6 +192,7 @@ test.describe('security headers', () => {
     expect(headers['x-content-type-options']).toBe('nosniff');
     expect(headers['x-frame-options']).toBe('DENY');
     expect(headers['referrer-policy']).toBe('same-origin');
+    expect(headers['cache-control']).toBe('no-store');
 
     const nonce = /'nonce-([^']+)'/.exec(csp)![1];
     const html = await response!.text();

@@ -2,11 +2,12 @@ import { expect, type APIRequestContext, type Page } from '@playwright/test';
 import { KEYCLOAK_URL, PORTAL_URL } from '../playwright.config';
 
 export const PERSONAS = {
-  alice: { password: 'alice-pw', name: 'Alice', nav: ['Home', 'My access'] },
-  frank: { password: 'frank-pw', name: 'Frank', nav: ['Home', 'My access'] },
-  bob: { password: 'bob-pw', name: 'Bob', nav: ['Home', 'My access', 'Approvals'] },
-  dave: { password: 'dave-pw', name: 'Dave', nav: ['Home', 'My access', 'Audit'] },
-  erin: { password: 'erin-pw', name: 'Erin', nav: ['Home', 'My access', 'Admin'] },
+  alice: { password: 'alice-pw', name: 'Alice', nav: ['Home', 'Catalog', 'My requests', 'My access'] },
+  frank: { password: 'frank-pw', name: 'Frank', nav: ['Home', 'Catalog', 'My requests', 'My access'] },
+  bob: { password: 'bob-pw', name: 'Bob', nav: ['Home', 'Catalog', 'My requests', 'My access', 'Approvals'] },
+  carol: { password: 'carol-pw', name: 'Carol', nav: ['Home', 'Catalog', 'My requests', 'My access', 'Approvals'] },
+  dave: { password: 'dave-pw', name: 'Dave', nav: ['Home', 'Catalog', 'My requests', 'My access', 'Audit'] },
+  erin: { password: 'erin-pw', name: 'Erin', nav: ['Home', 'Catalog', 'My requests', 'My access', 'Admin'] },
 } as const;
 
 export type Username = keyof typeof PERSONAS;

@@ -272,10 +272,14 @@ fn describe(error: &figment::Error, file: Option<&Path>) -> ConfigError {
                 Some(path) => format!("in {}", path.display()),
                 None => "in a configuration file (--config)".to_owned(),
             };
-            format!(
-                "missing required setting `{full}`: set it {where_to} or as {}",
-                env_name(&full)
-            )
+            if full == "keycloak" {
+                format!("missing required table [keycloak]: add it {where_to} with url, realm, client_id and client_secret")
+            } else {
+                format!(
+                    "missing required setting `{full}`: set it {where_to} or as {}",
+                    env_name(&full)
+                )
+            }
         }
         Kind::UnknownField(field, expected) => {
             // figment's path already ends with the unknown field.

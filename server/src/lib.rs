@@ -3,6 +3,8 @@
 pub mod auth;
 pub mod config;
 pub mod health;
+pub mod jobs;
+pub mod request_forms;
 pub mod security;
 pub mod session_store;
 pub mod state;
@@ -43,7 +45,10 @@ use crate::state::AppState;
 pub const SESSION_COOKIE: &str = "stint_session";
 
 /// A session unused for this long is signed out.
-const SESSION_IDLE: Duration = Duration::from_secs(8 * 60 * 60);
+pub const SESSION_IDLE: Duration = Duration::from_secs(8 * 60 * 60);
+
+/// How long requests in flight may run on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -56,7 +61,13 @@ pub fn router(state: AppState) -> Router {
     };
     let page_context = {
         let csp = csp.clone();
-        move || provide_context(csp.clone())
+        let database = state.database.clone();
+        let catalog = state.catalog.clone();
+        move || {
+            provide_context(csp.clone());
+            provide_context(database.clone());
+            provide_context(catalog.clone());
+        }
     };
     let session_layer = SessionManagerLayer::new(DatabaseSessionStore::new(state.database.clone()))
         .with_name(SESSION_COOKIE)
@@ -71,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(auth::router())
+        .merge(request_forms::router())
         .leptos_routes_with_context(&state, routes, page_context.clone(), move || {
             shell(options.clone())
         })
@@ -200,6 +212,11 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), S
         }
     });
 
+    let expiry_database = state.database.clone();
+    let expiry_shutdown = shutdown.clone();
+    let expiry =
+        tokio::spawn(async move { jobs::expire_requests(expiry_database, expiry_shutdown).await });
+
     let reload_state = state.clone();
     let reload_shutdown = shutdown.clone();
     let reload = tokio::spawn(async move { reload_on_sighup(reload_state, reload_shutdown).await });
@@ -210,14 +227,27 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), S
         "stint is listening"
     );
     let database = state.database.clone();
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .map_err(StartError::Serve);
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        result = std::future::IntoFuture::into_future(server) => result.map_err(StartError::Serve),
+        _ = deadline => {
+            tracing::warn!(
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "connections still open after the shutdown grace period; stopping anyway"
+            );
+            Ok(())
+        }
+    };
 
     shutdown.cancel();
     let _ = cleanup.await;
     let _ = reload.await;
+    let _ = expiry.await;
     database.close().await;
     result
 }

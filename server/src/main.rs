@@ -41,7 +41,9 @@ async fn main() -> ExitCode {
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
-            println!("{config}");
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{config}");
             ExitCode::SUCCESS
         }
         Command::CheckCatalog => check_catalog(&config).await,

@@ -82,8 +82,17 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Content-Security-Policy with a per-response nonce; everything else gets a policy that
 /// allows nothing.
 pub async fn security_headers(request: Request, next: Next) -> Response {
+    let is_asset =
+        request.uri().path().starts_with("/pkg/") || request.uri().path() == "/favicon.svg";
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    // Pages and server-function results carry personal data; only static assets may be
+    // kept by browsers and proxies.
+    if !is_asset {
+        headers
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+    }
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

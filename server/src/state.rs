@@ -1,6 +1,6 @@
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use app::server::catalog::{Catalog, CatalogError};
+use app::server::catalog::{Catalog, CatalogError, CatalogHandle};
 use app::server::keycloak::KeycloakAdmin;
 use axum::extract::FromRef;
 use leptos::config::LeptosOptions;
@@ -23,17 +23,13 @@ pub struct AppState {
     /// Keycloak's Admin REST API, as the portal's service account.
     pub admin: Arc<KeycloakAdmin>,
     /// The requestable roles. A reload swaps the whole catalog, so readers never see a mix.
-    pub catalog: Arc<RwLock<Arc<Catalog>>>,
+    pub catalog: CatalogHandle,
 }
 
 impl AppState {
     /// Returns the catalog in force.
     pub fn catalog(&self) -> Arc<Catalog> {
-        match self.catalog.read() {
-            Ok(catalog) => catalog.clone(),
-            // A writer panicked while swapping in a new catalog; the old one is still whole.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        app::server::catalog::current(&self.catalog)
     }
 
     /// Reads the catalog file again and swaps it in if it passes every check. A bad file

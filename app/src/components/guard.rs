@@ -4,7 +4,7 @@ use crate::components::layout::UserResource;
 use crate::model::user::{CurrentUser, Persona};
 
 /// Renders `children` with the signed-in user when they have `persona`, and an explanation
-/// otherwise. On the server it also sets the status: 401 for nobody signed in, 403 for a
+/// otherwise. On the server it also sets the status: 401 for a signed-out request, 403 for a
 /// missing persona. The server's route guard has already sent signed-out browsers to the
 /// sign-in page; this is the page's own check.
 #[component]

@@ -41,7 +41,10 @@ fn Navigation(user: Option<CurrentUser>) -> impl IntoView {
     let sign_in_href = move || {
         let path = location.pathname.get();
         let query = location.search.get();
-        let target = if query.is_empty() {
+        // After a failed sign-in, signing in again should not lead back to the error page.
+        let target = if path.starts_with("/signin-error") {
+            "/".to_owned()
+        } else if query.is_empty() {
             path
         } else {
             format!("{path}?{query}")
@@ -63,6 +66,8 @@ fn Navigation(user: Option<CurrentUser>) -> impl IntoView {
         .into_any(),
         Some(user) => {
             let links = [
+                (Persona::Requester, "/catalog", "Catalog"),
+                (Persona::Requester, "/requests", "My requests"),
                 (Persona::Requester, "/me", "My access"),
                 (Persona::Approver, "/approvals", "Approvals"),
                 (Persona::Auditor, "/audit", "Audit"),

@@ -1,3 +1,4 @@
+pub mod flash;
 pub mod guard;
 pub mod hydration;
 pub mod layout;

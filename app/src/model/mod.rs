@@ -1,3 +1,4 @@
 //! Types shared by the server and the browser.
 
+pub mod request;
 pub mod user;

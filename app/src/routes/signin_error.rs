@@ -17,7 +17,7 @@ fn explain(reason: &str) -> (&'static str, &'static str) {
         ),
         "expired" => (
             "The sign-in expired",
-            "The sign-in took too long or its link was used twice. Start again from the sign-in button.",
+            "The sign-in took too long, its link was used twice, or it was started in another browser. Start again from the sign-in button.",
         ),
         "state_mismatch" => (
             "The sign-in could not be matched",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The longest grant any entry may allow: past that, access is no longer temporary.
+/// Maximum grant any entry may allow: past that, access is no longer temporary.
 pub const MAX_GRANT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Deserialize)]
@@ -200,7 +200,7 @@ impl Catalog {
     /// Checks every role and group that the catalog names against `directory`.
     ///
     /// A name that Keycloak reports missing fails the check. A lookup that could not be made
-    /// (Keycloak down, say) does not, so the portal can start while Keycloak restarts; those
+    /// (Keycloak down, say) does not, so the portal can start while Keycloak restarts. Those
     /// failures are returned for the caller to log.
     pub async fn verify(
         &self,
@@ -401,3 +401,15 @@ fn check_entry(entry: RoleEntry) -> Result<CatalogRole, Vec<String>> {
 
 #[cfg(test)]
 mod tests;
+
+/// The catalog in force, shared by request handlers and swapped whole on reload.
+pub type CatalogHandle = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Catalog>>>;
+
+/// Returns the catalog in force from `handle`.
+pub fn current(handle: &CatalogHandle) -> std::sync::Arc<Catalog> {
+    match handle.read() {
+        Ok(catalog) => catalog.clone(),
+        // A writer panicked while swapping in a new catalog; the old one is still whole.
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}

@@ -44,6 +44,22 @@ pub enum DatabaseError {
     },
 }
 
+/// Makes the SQLite file readable by its owner only: it holds session ids and Keycloak
+/// tokens. Failures are logged, not fatal, because the file may belong to another user.
+fn restrict_file_mode(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if !path.is_file() {
+            return;
+        }
+        let owner_only = std::fs::Permissions::from_mode(0o600);
+        if let Err(error) = std::fs::set_permissions(path, owner_only) {
+            tracing::warn!(%error, path = %path.display(), "could not restrict the database file to its owner");
+        }
+    }
+}
+
 impl Database {
     /// Opens a pool for `url` (`sqlite://PATH`, `sqlite::memory:` or `postgres://…`). A
     /// SQLite file that does not exist yet is created. `display_url` is the URL with its
@@ -63,11 +79,13 @@ impl Database {
                 .journal_mode(SqliteJournalMode::Wal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(5));
+            let path = options.get_filename().to_owned();
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
                 .connect_with(options)
                 .await
                 .map_err(connect_error)?;
+            restrict_file_mode(&path);
             Ok(Self::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()

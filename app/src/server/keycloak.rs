@@ -2,7 +2,7 @@
 //! service account with the client-credentials grant.
 //!
 //! The access token is cached until shortly before it expires and fetched again once when
-//! Keycloak answers 401. Every path segment is percent-encoded, because role names may
+//! Keycloak returns 401. Every path segment is percent-encoded, because role names may
 //! contain `/`, `;`, `=` or `+`.
 
 use std::time::{Duration, Instant};
@@ -211,6 +211,58 @@ impl KeycloakAdmin {
                 what: "GET …/clients".into(),
                 status,
             }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct GroupRepresentation {
+    path: String,
+}
+
+impl KeycloakAdmin {
+    /// Returns the full paths of the groups user `user_id` is a direct member of, reading
+    /// every page.
+    pub async fn user_group_paths(&self, user_id: &str) -> Result<Vec<String>, AdminError> {
+        const PAGE: usize = 100;
+        let mut paths = Vec::new();
+        loop {
+            let first = paths.len().to_string();
+            let max = PAGE.to_string();
+            let response = self
+                .get(
+                    &["users", user_id, "groups"],
+                    &[
+                        ("first", first.as_str()),
+                        ("max", max.as_str()),
+                        ("briefRepresentation", "true"),
+                    ],
+                )
+                .await?;
+            let what = "GET …/users/{id}/groups".to_owned();
+            let page: Vec<GroupRepresentation> = match response.status() {
+                status if status.is_success() => {
+                    response
+                        .json()
+                        .await
+                        .map_err(|error| AdminError::Transport {
+                            what: what.clone(),
+                            reason: error.to_string(),
+                        })?
+                }
+                StatusCode::FORBIDDEN => {
+                    return Err(AdminError::Forbidden {
+                        what,
+                        hint: "view-users",
+                    })
+                }
+                status => return Err(AdminError::Status { what, status }),
+            };
+            let short = page.len() < PAGE;
+            paths.extend(page.into_iter().map(|group| group.path));
+            if short {
+                return Ok(paths);
+            }
         }
     }
 }

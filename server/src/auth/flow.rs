@@ -11,7 +11,7 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tower_sessions::Session;
+use tower_sessions::{Expiry, Session};
 
 use super::claims::{self, AccessClaims, Identity};
 use super::provider::error_chain;
@@ -50,10 +50,21 @@ fn return_to(requested: Option<&str>) -> String {
         Some(target) => match app::url::safe_return_to(target) {
             Some(path) => path.to_owned(),
             None => {
-                tracing::warn!(return_to = %target.escape_debug(), "ignored a returnTo that is not a local path");
+                tracing::warn!(
+                    return_to = %truncate(target, 200).escape_debug(),
+                    "ignored a returnTo that is not a local path"
+                );
                 "/".to_owned()
             }
         },
+    }
+}
+
+/// Returns at most `max` characters of `text`, for logging values that callers control.
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => &text[..index],
+        None => text,
     }
 }
 
@@ -71,7 +82,9 @@ pub async fn login(
         return Redirect::to(&return_to).into_response();
     }
 
-    let metadata = match state.oidc.metadata().await {
+    // Discovery is cached for an hour, so a cached document says nothing about whether the
+    // browser can reach Keycloak now; a quick probe turns a dead redirect into a readable page.
+    let metadata = match state.oidc.probe().await.and(state.oidc.metadata().await) {
         Ok(metadata) => metadata,
         Err(error) => {
             tracing::warn!(%error, "sign-in could not start: Keycloak is unreachable");
@@ -108,6 +121,13 @@ pub async fn login(
     });
     if pending.len() > MAX_PENDING {
         pending.drain(..pending.len() - MAX_PENDING);
+    }
+    // A session that only carries a pending sign-in lives as long as the sign-in may take,
+    // so anonymous visits to /auth/login do not leave rows for the full session lifetime.
+    if !matches!(session.get::<SessionUser>(USER_KEY).await, Ok(Some(_))) {
+        session.set_expiry(Some(Expiry::OnInactivity(time::Duration::seconds(
+            PENDING_LIFETIME,
+        ))));
     }
     if let Err(error) = session.insert(PENDING_KEY, pending).await {
         tracing::error!(%error, "sign-in could not start: the session could not be saved");
@@ -169,7 +189,12 @@ async fn finish_login(
 
     if let Some(error) = query.error.as_deref() {
         let description = query.error_description.as_deref().unwrap_or_default();
-        tracing::warn!(%error, %description, "sign-in ended by Keycloak with an error");
+        // Both values come from the query string: escaped, so they cannot forge log lines.
+        tracing::warn!(
+            error = %error.escape_debug(),
+            description = %truncate(description, 200).escape_debug(),
+            "sign-in ended by Keycloak with an error"
+        );
         let failure = if error == "access_denied" {
             SignInFailure::AccessDenied
         } else {
@@ -230,6 +255,7 @@ async fn finish_login(
         refresh_token: response.refresh_token().map(|token| token.secret().clone()),
         id_token: id_token.to_string(),
         access_expires_at: super::access_expires_at(response.expires_in()),
+        refresh_retry_at: None,
         user: user.clone(),
     };
 
@@ -237,6 +263,9 @@ async fn finish_login(
     // fixation) never becomes a signed-in session.
     let saved = async {
         session.cycle_id().await?;
+        session.set_expiry(Some(Expiry::OnInactivity(time::Duration::seconds(
+            crate::SESSION_IDLE.as_secs() as i64,
+        ))));
         session.insert(SUBJECT_KEY, &user.subject).await?;
         session.insert(SID_KEY, sid).await?;
         session.insert(USER_KEY, session_user).await

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tower_sessions::Session;
 
 use super::claims::{self, AccessClaims, Identity};
-use super::provider::error_chain;
+use super::provider::{error_chain, PROBE_TIMEOUT};
 use super::{SessionUser, USER_KEY};
 use crate::state::AppState;
 
@@ -20,9 +20,20 @@ use crate::state::AppState;
 /// one that expires while it is being served.
 const REFRESH_MARGIN: i64 = 30;
 
+/// After Keycloak failed to respond to a refresh, requests of that session skip refreshing
+/// for this many seconds, so a hung Keycloak does not slow every page down.
+const REFRESH_BACKOFF: i64 = 30;
+
 /// Pages that need a signed-in user. Which persona each needs is checked by the page and by
 /// the server functions behind it.
-const SIGNED_IN_PATHS: &[&str] = &["/me", "/approvals", "/audit", "/admin"];
+const SIGNED_IN_PATHS: &[&str] = &[
+    "/me",
+    "/catalog",
+    "/requests",
+    "/approvals",
+    "/audit",
+    "/admin",
+];
 
 enum Refresh {
     Refreshed(Box<SessionUser>),
@@ -51,8 +62,11 @@ pub async fn resolve_user(
             None
         }
     };
+    let backing_off = |stored: &SessionUser| stored.refresh_retry_at.is_some_and(|at| at > now());
     let user = match stored {
-        Some(stored) if stored.access_expires_at - REFRESH_MARGIN <= now() => {
+        Some(stored)
+            if stored.access_expires_at - REFRESH_MARGIN <= now() && !backing_off(&stored) =>
+        {
             match refresh(&state, &stored).await {
                 Refresh::Refreshed(updated) => {
                     let user = updated.user.clone();
@@ -74,8 +88,21 @@ pub async fn resolve_user(
                     None
                 }
                 Refresh::Unavailable(reason) => {
-                    tracing::warn!(subject = %stored.user.subject, %reason, "token refresh failed; keeping the session until Keycloak responds");
-                    Some(stored.user)
+                    tracing::warn!(
+                        subject = %stored.user.subject,
+                        %reason,
+                        retry_in_seconds = REFRESH_BACKOFF,
+                        "token refresh failed; keeping the session until Keycloak responds"
+                    );
+                    let user = stored.user.clone();
+                    let retry = SessionUser {
+                        refresh_retry_at: Some(now() + REFRESH_BACKOFF),
+                        ..stored
+                    };
+                    if let Err(error) = session.insert(USER_KEY, retry).await {
+                        tracing::error!(%error, "the refresh back-off could not be saved in the session");
+                    }
+                    Some(user)
                 }
             }
         }
@@ -122,23 +149,29 @@ async fn refresh(state: &AppState, stored: &SessionUser) -> Refresh {
         Ok(request) => request,
         Err(error) => return Refresh::Unavailable(error.to_string()),
     };
-    let response = match request.request_async(state.oidc.http()).await {
-        Ok(response) => response,
-        Err(RequestTokenError::ServerResponse(response)) => {
-            let reason = format!(
-                "{}: {}",
-                response.error(),
-                response.error_description().cloned().unwrap_or_default()
-            );
-            return match response.error() {
-                CoreErrorResponseType::InvalidGrant | CoreErrorResponseType::UnauthorizedClient => {
-                    Refresh::Ended(reason)
-                }
-                _ => Refresh::Unavailable(reason),
-            };
-        }
-        Err(error) => return Refresh::Unavailable(error_chain(&error)),
-    };
+    let response =
+        match tokio::time::timeout(PROBE_TIMEOUT, request.request_async(state.oidc.http())).await {
+            Err(_) => {
+                return Refresh::Unavailable(format!(
+                    "the token endpoint did not respond within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                ))
+            }
+            Ok(Ok(response)) => response,
+            Ok(Err(RequestTokenError::ServerResponse(response))) => {
+                let reason = format!(
+                    "{}: {}",
+                    response.error(),
+                    response.error_description().cloned().unwrap_or_default()
+                );
+                return match response.error() {
+                    CoreErrorResponseType::InvalidGrant
+                    | CoreErrorResponseType::UnauthorizedClient => Refresh::Ended(reason),
+                    _ => Refresh::Unavailable(reason),
+                };
+            }
+            Ok(Err(error)) => return Refresh::Unavailable(error_chain(&error)),
+        };
 
     let access_token = response.access_token().secret().clone();
     let access: AccessClaims = match claims::decode_unverified(&access_token) {
@@ -176,5 +209,6 @@ async fn refresh(state: &AppState, stored: &SessionUser) -> Refresh {
             .or_else(|| stored.refresh_token.clone()),
         id_token,
         access_expires_at: super::access_expires_at(response.expires_in()),
+        refresh_retry_at: None,
     }))
 }

@@ -30,6 +30,9 @@ pub struct SessionUser {
     pub id_token: String,
     /// Unix seconds at which the access token expires.
     pub access_expires_at: i64,
+    /// Unix seconds before which no refresh is tried again, after Keycloak failed to respond.
+    #[serde(default)]
+    pub refresh_retry_at: Option<i64>,
 }
 
 impl std::fmt::Debug for SessionUser {

@@ -21,6 +21,10 @@ const METADATA_TTL: Duration = Duration::from_secs(3600);
 /// stream of forged tokens cannot make the portal hammer Keycloak.
 const MIN_KEY_REFRESH: Duration = Duration::from_secs(10);
 
+/// Time allowed for Keycloak calls made while a browser waits: the sign-in probe and token
+/// refreshes.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The OIDC client with the endpoints that discovery provides.
 pub type OidcClient = CoreClient<
     EndpointSet,
@@ -85,6 +89,30 @@ impl Provider {
 
     pub fn client_id(&self) -> &str {
         self.client_id.as_str()
+    }
+
+    /// Checks that Keycloak serves the discovery document now, within [`PROBE_TIMEOUT`].
+    pub async fn probe(&self) -> Result<(), ProviderError> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.as_str().trim_end_matches('/')
+        );
+        let failed = |reason: String| ProviderError::Discovery {
+            issuer: self.issuer.to_string(),
+            reason,
+        };
+        let response = self
+            .http
+            .get(&url)
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .map_err(|error| failed(error_chain(&error)))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(failed(format!("GET {url} returned {}", response.status())))
+        }
     }
 
     /// Returns the provider metadata, running discovery when none is cached or it is stale.

@@ -108,6 +108,16 @@ async fn start_login(harness: &Harness) -> Started {
             .unwrap()
     };
     assert_eq!(param("code_challenge_method"), "S256");
+    let cookie_header = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        cookie_header.contains("Max-Age=600"),
+        "a session with only a pending sign-in should live 10 minutes: {cookie_header}"
+    );
     Started {
         cookie: session_cookie(&response).unwrap(),
         state: param("state"),

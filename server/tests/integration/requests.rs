@@ -25,6 +25,7 @@ fn new_request(approvals_required: u32) -> NewRequest {
         ticket: Some("OPS-1".into()),
         approvals_required,
         approval_deadline: NOW + 600,
+        auto_approved: false,
     }
 }
 

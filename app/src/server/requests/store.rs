@@ -23,6 +23,73 @@ pub struct NewRequest {
     pub ticket: Option<String>,
     pub approvals_required: u32,
     pub approval_deadline: i64,
+    /// The requester belongs to the role's auto-approve audience: the request is stored as
+    /// approved, with its own audit event.
+    pub auto_approved: bool,
+}
+
+/// A stored request, as lists read it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct StoredRequest {
+    pub id: String,
+    pub requester_subject: String,
+    pub requester_username: String,
+    pub role_key: String,
+    pub duration_seconds: i64,
+    pub starts_at: Option<i64>,
+    pub justification: String,
+    pub ticket: Option<String>,
+    pub status: String,
+    pub approvals_required: i64,
+    pub approval_deadline: i64,
+    pub created_at: i64,
+    pub approvals: i64,
+}
+
+const SELECT_REQUESTS: &str = "select r.id, r.requester_subject, r.requester_username, r.role_key, \
+    r.duration_seconds, r.starts_at, r.justification, r.ticket, r.status, r.approvals_required, \
+    r.approval_deadline, r.created_at, \
+    (select count(*) from approval a where a.request_id = r.id and a.decision = 'approve') as approvals \
+    from access_request r";
+
+/// Returns the requests of `subject`, newest first.
+pub async fn list_for_requester(
+    database: &Database,
+    subject: &str,
+) -> Result<Vec<StoredRequest>, StoreError> {
+    let sql = format!(
+        "{SELECT_REQUESTS} where r.requester_subject = $1 order by r.created_at desc, r.id"
+    );
+    let rows = with_pool!(database, |pool| {
+        sqlx::query_as::<_, StoredRequest>(&sql)
+            .bind(subject)
+            .fetch_all(pool)
+            .await
+    })?;
+    Ok(rows)
+}
+
+/// Returns every pending request, oldest first.
+pub async fn list_pending(database: &Database) -> Result<Vec<StoredRequest>, StoreError> {
+    let sql = format!("{SELECT_REQUESTS} where r.status = 'pending' order by r.created_at, r.id");
+    let rows = with_pool!(database, |pool| {
+        sqlx::query_as::<_, StoredRequest>(&sql)
+            .fetch_all(pool)
+            .await
+    })?;
+    Ok(rows)
+}
+
+/// Returns request `id`.
+pub async fn find(database: &Database, id: &str) -> Result<StoredRequest, StoreError> {
+    let sql = format!("{SELECT_REQUESTS} where r.id = $1");
+    let row = with_pool!(database, |pool| {
+        sqlx::query_as::<_, StoredRequest>(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+    })?;
+    row.ok_or_else(|| StoreError::NotFound(id.to_owned()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +114,7 @@ pub struct AuditEvent {
     pub id: i64,
     pub occurred_at: i64,
     pub actor_subject: Option<String>,
+    pub actor_username: Option<String>,
     pub request_id: Option<String>,
     pub action: String,
     pub from_status: Option<String>,
@@ -69,6 +137,11 @@ pub async fn create(
     now: i64,
 ) -> Result<String, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
+    let status = if request.auto_approved {
+        RequestStatus::Approved
+    } else {
+        RequestStatus::Pending
+    };
     let result: Result<(), sqlx::Error> = with_pool!(database, |pool| {
         async {
             let mut tx = pool.begin().await?;
@@ -76,7 +149,7 @@ pub async fn create(
                 "insert into access_request (id, requester_subject, requester_username, role_key, \
                  duration_seconds, starts_at, justification, ticket, status, approvals_required, \
                  approval_deadline, created_at, updated_at) \
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $11)",
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
             )
             .bind(&id)
             .bind(&request.requester.subject)
@@ -86,6 +159,7 @@ pub async fn create(
             .bind(request.starts_at)
             .bind(&request.justification)
             .bind(&request.ticket)
+            .bind(status.as_str())
             .bind(i64::from(request.approvals_required))
             .bind(request.approval_deadline)
             .bind(now)
@@ -102,6 +176,19 @@ pub async fn create(
                 .bind(&request.justification)
                 .execute(&mut *tx)
                 .await?;
+            if request.auto_approved {
+                sqlx::query(INSERT_AUDIT)
+                    .bind(now)
+                    .bind(None::<String>)
+                    .bind(None::<String>)
+                    .bind(&id)
+                    .bind("request_auto_approved")
+                    .bind(RequestStatus::Pending.as_str())
+                    .bind(RequestStatus::Approved.as_str())
+                    .bind("the requester is in the role's auto-approve audience")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await
         }
         .await
@@ -298,7 +385,8 @@ pub async fn cancel(
 pub async fn audit_trail(database: &Database, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
     let events = with_pool!(database, |pool| {
         sqlx::query_as::<_, AuditEvent>(
-            "select id, occurred_at, actor_subject, request_id, action, from_status, to_status, comment \
+            "select id, occurred_at, actor_subject, actor_username, request_id, action, from_status, \
+             to_status, comment \
              from audit_event where request_id = $1 order by id",
         )
         .bind(id)

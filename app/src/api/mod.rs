@@ -1,0 +1,3 @@
+//! Server functions, grouped by domain. Each checks its caller before it reads anything.
+
+pub mod requests;

@@ -1,0 +1,242 @@
+//! Server functions behind the catalog, request and approval pages.
+
+use leptos::prelude::*;
+
+use crate::auth::AccessError;
+use crate::model::request::{Flash, RequestView, RoleView};
+
+#[cfg(feature = "ssr")]
+mod server_side {
+    use std::time::Duration;
+
+    use leptos::prelude::*;
+
+    use crate::auth::AccessError;
+    use crate::model::request::{EventView, Flash, RequestView, RoleView};
+    use crate::model::user::CurrentUser;
+    use crate::server::catalog::{current, Catalog, CatalogHandle, CatalogRole};
+    use crate::server::db::Database;
+    use crate::server::requests::store::{self, StoredRequest};
+
+    /// Session key of the message for the next page after a form post.
+    pub const FLASH_KEY: &str = "stint.flash";
+
+    pub fn database() -> Result<Database, AccessError> {
+        use_context::<Database>()
+            .ok_or_else(|| internal("the database is not in the request context"))
+    }
+
+    pub fn catalog() -> Result<std::sync::Arc<Catalog>, AccessError> {
+        use_context::<CatalogHandle>()
+            .map(|handle| current(&handle))
+            .ok_or_else(|| internal("the catalog is not in the request context"))
+    }
+
+    pub fn internal(message: &str) -> AccessError {
+        tracing::error!(message, "server function failed");
+        AccessError::ServerFnError(ServerFnErrorErr::ServerError(
+            "internal error; the portal's log has the details".into(),
+        ))
+    }
+
+    pub fn human(seconds: i64) -> String {
+        humantime::format_duration(Duration::from_secs(seconds.max(0) as u64)).to_string()
+    }
+
+    pub fn timestamp(seconds: i64) -> String {
+        let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+        time::OffsetDateTime::from_unix_timestamp(seconds)
+            .ok()
+            .and_then(|at| at.format(&format).ok())
+            .unwrap_or_else(|| seconds.to_string())
+    }
+
+    /// Whether `user` may request `role`: everyone when the entry names no requesters.
+    pub fn may_request(role: &CatalogRole, user: &CurrentUser) -> bool {
+        role.requesters
+            .as_ref()
+            .is_none_or(|audience| audience.contains(&user.groups, &user.realm_roles))
+    }
+
+    /// Whether `user` may approve requests for `role`, judged from their token.
+    pub fn may_approve(role: &CatalogRole, user: &CurrentUser) -> bool {
+        role.approvers.contains(&user.groups, &user.realm_roles)
+    }
+
+    pub fn role_view(role: &CatalogRole, user: &CurrentUser) -> RoleView {
+        let presets = [
+            15 * 60,
+            30 * 60,
+            3600,
+            2 * 3600,
+            4 * 3600,
+            8 * 3600,
+            24 * 3600,
+        ];
+        let max = role.max_duration.as_secs() as i64;
+        let mut choices: Vec<i64> = presets
+            .into_iter()
+            .filter(|seconds| *seconds <= max)
+            .collect();
+        for limit in [role.default_duration.as_secs() as i64, max] {
+            if !choices.contains(&limit) {
+                choices.push(limit);
+            }
+        }
+        choices.sort_unstable();
+        RoleView {
+            key: role.key.clone(),
+            display_name: role.display_name.clone(),
+            description: role.description.clone(),
+            target: role.role.to_string(),
+            default_duration: human(role.default_duration.as_secs() as i64),
+            max_duration: human(max),
+            duration_choices: choices.into_iter().map(human).collect(),
+            approvals_required: role.approvals_required,
+            approver_groups: role.approvers.groups.clone(),
+            justification_required: role.justification_required,
+            ticket_required: role.ticket_required,
+            ticket_pattern: role
+                .ticket_pattern
+                .as_ref()
+                .map(|pattern| pattern.as_str().to_owned()),
+            auto_approved: role
+                .auto_approve
+                .as_ref()
+                .is_some_and(|audience| audience.contains(&user.groups, &user.realm_roles)),
+        }
+    }
+
+    pub async fn request_view(
+        database: &Database,
+        catalog: &Catalog,
+        request: StoredRequest,
+    ) -> Result<RequestView, AccessError> {
+        let events = store::audit_trail(database, &request.id)
+            .await
+            .map_err(|error| internal(&error.to_string()))?
+            .into_iter()
+            .map(|event| EventView {
+                at: timestamp(event.occurred_at),
+                actor: event.actor_username.unwrap_or_else(|| "Stint".into()),
+                action: event.action.replace('_', " "),
+                comment: event.comment,
+            })
+            .collect();
+        let role_name = catalog
+            .find(&request.role_key)
+            .map(|role| role.display_name.clone())
+            .unwrap_or_else(|| request.role_key.clone());
+        Ok(RequestView {
+            id: request.id,
+            role_name,
+            role_key: request.role_key,
+            requester: request.requester_username,
+            duration: human(request.duration_seconds),
+            starts: request
+                .starts_at
+                .map(timestamp)
+                .unwrap_or_else(|| "when approved".into()),
+            justification: request.justification,
+            ticket: request.ticket.unwrap_or_default(),
+            status: request.status,
+            created: timestamp(request.created_at),
+            approvals: request.approvals.max(0) as u32,
+            approvals_required: request.approvals_required.max(1) as u32,
+            events,
+        })
+    }
+
+    /// Takes the flash message out of the session, so it shows once.
+    pub async fn take_flash() -> Flash {
+        let session = use_context::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<tower_sessions::Session>().cloned());
+        let Some(session) = session else {
+            return Flash::default();
+        };
+        match session.remove::<Flash>(FLASH_KEY).await {
+            Ok(flash) => flash.unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "the flash message could not be read from the session");
+                Flash::default()
+            }
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+pub use server_side::{may_approve, may_request, FLASH_KEY};
+
+/// Lists the roles the caller may request whose name, key or description contains `query`.
+#[server(endpoint = "catalog")]
+pub async fn list_catalog(query: String) -> Result<Vec<RoleView>, AccessError> {
+    use crate::model::user::Persona;
+    let user = crate::auth::require(Persona::Requester)?;
+    let catalog = server_side::catalog()?;
+    let needle = query.trim().to_lowercase();
+    Ok(catalog
+        .roles
+        .iter()
+        .filter(|role| server_side::may_request(role, &user))
+        .filter(|role| {
+            needle.is_empty()
+                || role.key.contains(&needle)
+                || role.display_name.to_lowercase().contains(&needle)
+                || role.description.to_lowercase().contains(&needle)
+        })
+        .map(|role| server_side::role_view(role, &user))
+        .collect())
+}
+
+/// Returns the form's role and the outcome of the last submit, if any.
+#[server(endpoint = "request_form")]
+pub async fn request_form(role: String) -> Result<(Option<RoleView>, Flash), AccessError> {
+    use crate::model::user::Persona;
+    let user = crate::auth::require(Persona::Requester)?;
+    let catalog = server_side::catalog()?;
+    let view = catalog
+        .find(&role)
+        .filter(|entry| server_side::may_request(entry, &user))
+        .map(|entry| server_side::role_view(entry, &user));
+    Ok((view, server_side::take_flash().await))
+}
+
+/// Returns the caller's requests, newest first, and the outcome of the last form post.
+#[server(endpoint = "my_requests")]
+pub async fn my_requests() -> Result<(Vec<RequestView>, Flash), AccessError> {
+    use crate::model::user::Persona;
+    let user = crate::auth::require(Persona::Requester)?;
+    let database = server_side::database()?;
+    let catalog = server_side::catalog()?;
+    let stored = crate::server::requests::store::list_for_requester(&database, &user.subject)
+        .await
+        .map_err(|error| server_side::internal(&error.to_string()))?;
+    let mut views = Vec::with_capacity(stored.len());
+    for request in stored {
+        views.push(server_side::request_view(&database, &catalog, request).await?);
+    }
+    Ok((views, server_side::take_flash().await))
+}
+
+/// Returns the pending requests the caller may decide, oldest first, without their own.
+#[server(endpoint = "approval_queue")]
+pub async fn approval_queue() -> Result<(Vec<RequestView>, Flash), AccessError> {
+    use crate::model::user::Persona;
+    let user = crate::auth::require(Persona::Approver)?;
+    let database = server_side::database()?;
+    let catalog = server_side::catalog()?;
+    let pending = crate::server::requests::store::list_pending(&database)
+        .await
+        .map_err(|error| server_side::internal(&error.to_string()))?;
+    let mut views = Vec::new();
+    for request in pending {
+        let Some(role) = catalog.find(&request.role_key) else {
+            continue;
+        };
+        if request.requester_subject == user.subject || !server_side::may_approve(role, &user) {
+            continue;
+        }
+        views.push(server_side::request_view(&database, &catalog, request).await?);
+    }
+    Ok((views, server_side::take_flash().await))
+}
