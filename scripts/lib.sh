@@ -10,7 +10,9 @@ die() {
 }
 
 # Whether rustup's toolchain has, or can add, the wasm32-unknown-unknown target.
+# STINT_WASM_TOOLCHAIN=debian skips rustup and uses Debian's rustc-web.
 wasm_target_from_rustup() {
+    [[ ${STINT_WASM_TOOLCHAIN:-} != debian ]] || return 1
     command -v rustup >/dev/null || return 1
     if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
         return 0

@@ -56,6 +56,10 @@ test.describe('requests and approvals', () => {
 
     const bob = await (await browser.newContext()).newPage();
     await signIn(bob, 'bob');
+    await bob.goto('/approvals');
+    const item = bob.locator(`.queue-item[data-request-id="${id}"]`);
+    await expect(item.getByTestId('requester-roles')).toContainText('employee');
+    await expect(item.getByTestId('request-requester')).toHaveText('alice');
     await decide(bob, id, 'approve', 'looks right');
     await expect(bob.getByTestId('flash-success')).toContainText('now approved');
 

@@ -63,7 +63,9 @@ pub fn router(state: AppState) -> Router {
         let csp = csp.clone();
         let database = state.database.clone();
         let catalog = state.catalog.clone();
+        let admin = state.admin.clone();
         move || {
+            provide_context(admin.clone());
             provide_context(csp.clone());
             provide_context(database.clone());
             provide_context(catalog.clone());

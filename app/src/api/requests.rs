@@ -144,6 +144,7 @@ mod server_side {
             approvals: request.approvals.max(0) as u32,
             approvals_required: request.approvals_required.max(1) as u32,
             events,
+            requester_roles: Vec::new(),
         })
     }
 
@@ -236,7 +237,21 @@ pub async fn approval_queue() -> Result<(Vec<RequestView>, Flash), AccessError> 
         if request.requester_subject == user.subject || !server_side::may_approve(role, &user) {
             continue;
         }
-        views.push(server_side::request_view(&database, &catalog, request).await?);
+        let requester = request.requester_subject.clone();
+        let mut view = server_side::request_view(&database, &catalog, request).await?;
+        view.requester_roles = match use_context::<
+            std::sync::Arc<crate::server::keycloak::KeycloakAdmin>,
+        >() {
+            Some(admin) => match admin.effective_realm_roles(&requester).await {
+                Ok(roles) => roles,
+                Err(error) => {
+                    tracing::warn!(%error, request_id = %view.id, "the requester's current roles could not be read");
+                    vec!["(could not be read from Keycloak)".into()]
+                }
+            },
+            None => Vec::new(),
+        };
+        views.push(view);
     }
     Ok((views, server_side::take_flash().await))
 }

@@ -46,6 +46,8 @@ pub struct RequestView {
     pub approvals: u32,
     pub approvals_required: u32,
     pub events: Vec<EventView>,
+    /// The requester's effective realm roles now, for approvers; empty elsewhere.
+    pub requester_roles: Vec<String>,
 }
 
 /// A message for the page that a form post redirects to.

@@ -53,6 +53,10 @@ pub fn RequestCard(request: RequestView, #[prop(optional)] cancellable: bool) ->
                 <dt>"Approvals"</dt><dd data-testid="request-approvals">{format!("{} of {}", request.approvals, request.approvals_required)}</dd>
                 <dt>"Justification"</dt><dd data-testid="request-justification">{request.justification.clone()}</dd>
                 <dt>"Ticket"</dt><dd>{request.ticket.clone()}</dd>
+                {(!request.requester_roles.is_empty()).then(|| view! {
+                    <dt>"Requester's realm roles now"</dt>
+                    <dd data-testid="requester-roles">{request.requester_roles.join(", ")}</dd>
+                })}
             </dl>
             <ol class="timeline">
                 {request.events.iter().map(|event| view! {

@@ -220,7 +220,45 @@ struct GroupRepresentation {
     path: String,
 }
 
+#[derive(Deserialize)]
+struct RoleRepresentation {
+    name: String,
+}
+
 impl KeycloakAdmin {
+    /// Returns the names of the realm roles user `user_id` holds, directly, through groups
+    /// or through composite roles (`role-mappings/realm/composite`), sorted.
+    pub async fn effective_realm_roles(&self, user_id: &str) -> Result<Vec<String>, AdminError> {
+        let what = "GET …/users/{id}/role-mappings/realm/composite".to_owned();
+        let response = self
+            .get(
+                &["users", user_id, "role-mappings", "realm", "composite"],
+                &[],
+            )
+            .await?;
+        let roles: Vec<RoleRepresentation> = match response.status() {
+            status if status.is_success() => {
+                response
+                    .json()
+                    .await
+                    .map_err(|error| AdminError::Transport {
+                        what: what.clone(),
+                        reason: error.to_string(),
+                    })?
+            }
+            StatusCode::FORBIDDEN => {
+                return Err(AdminError::Forbidden {
+                    what,
+                    hint: "view-users",
+                })
+            }
+            status => return Err(AdminError::Status { what, status }),
+        };
+        let mut names: Vec<String> = roles.into_iter().map(|role| role.name).collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Returns the full paths of the groups user `user_id` is a direct member of, reading
     /// every page.
     pub async fn user_group_paths(&self, user_id: &str) -> Result<Vec<String>, AdminError> {
