@@ -206,4 +206,24 @@ test.describe('requests and approvals', () => {
     await page.goto('/');
     await expect(page.getByTestId('flash-error')).toHaveCount(0);
   });
+
+  test('request without any approver is flagged to admins', async ({ browser }) => {
+    const dave = await (await browser.newContext()).newPage();
+    await signIn(dave, 'dave');
+    const id = await submitRequest(dave, 'ops-lead', { justification: 'incident review' });
+
+    const erin = await (await browser.newContext()).newPage();
+    await signIn(erin, 'erin');
+    await erin.goto('/admin');
+    const flagged = erin.locator('[data-testid="flagged-request"]', {
+      has: erin.locator(`[data-request-id="${id}"]`),
+    });
+    await expect(flagged.getByTestId('flag-reason')).toContainText(
+      'no approver other than the requester is left for ops-lead',
+    );
+
+    await dave.goto('/requests');
+    await expect(requestCard(dave, id)).toContainText('request flagged for admin');
+    await requestCard(dave, id).getByTestId('cancel-request').click();
+  });
 });

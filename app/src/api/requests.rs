@@ -255,3 +255,23 @@ pub async fn approval_queue() -> Result<(Vec<RequestView>, Flash), AccessError> 
     }
     Ok((views, server_side::take_flash().await))
 }
+
+/// Returns the pending requests that need an administrator, with the reason for each.
+#[server(endpoint = "flagged_requests")]
+pub async fn flagged_requests() -> Result<Vec<(RequestView, String)>, AccessError> {
+    use crate::model::user::Persona;
+    crate::auth::require(Persona::Admin)?;
+    let database = server_side::database()?;
+    let catalog = server_side::catalog()?;
+    let flagged = crate::server::requests::store::list_flagged(&database)
+        .await
+        .map_err(|error| server_side::internal(&error.to_string()))?;
+    let mut views = Vec::with_capacity(flagged.len());
+    for (request, reason) in flagged {
+        views.push((
+            server_side::request_view(&database, &catalog, request).await?,
+            reason,
+        ));
+    }
+    Ok(views)
+}

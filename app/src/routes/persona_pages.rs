@@ -88,15 +88,32 @@ pub fn AuditPage() -> impl IntoView {
 
 #[component]
 pub fn AdminPage() -> impl IntoView {
+    let flagged = Resource::new_blocking(|| (), |_| crate::api::requests::flagged_requests());
     view! {
         <RequirePersona
             persona=Persona::Admin
-            children=|_| {
+            children=move |_| {
                 view! {
                     <section class="card" data-testid="admin-page">
                         <h1>"Admin"</h1>
-                        <p>"The state of the scheduler and of every grant is shown here."</p>
+                        <h2>"Requests that need an administrator"</h2>
                     </section>
+                    <Suspense fallback=|| ()>
+                        {move || Suspend::new(async move {
+                            match flagged.await {
+                                Ok(items) if items.is_empty() => view! {
+                                    <p class="card muted" data-testid="flagged-empty">"No request is stuck."</p>
+                                }.into_any(),
+                                Ok(items) => items.into_iter().map(|(request, reason)| view! {
+                                    <div class="flagged" data-testid="flagged-request">
+                                        <p class="notice notice-error" data-testid="flag-reason">{reason}</p>
+                                        <RequestCard request />
+                                    </div>
+                                }).collect_view().into_any(),
+                                Err(error) => view! { <ErrorNotice message=error.to_string() /> }.into_any(),
+                            }
+                        })}
+                    </Suspense>
                 }
             }
         />

@@ -225,7 +225,95 @@ struct RoleRepresentation {
     name: String,
 }
 
+#[derive(Deserialize)]
+struct IdRepresentation {
+    id: String,
+}
+
 impl KeycloakAdmin {
+    /// Returns whether the user list at `segments` (group members or role holders) names
+    /// anyone other than `except_user_id`. Two entries are read, which is enough to tell.
+    async fn has_other_member(
+        &self,
+        segments: &[&str],
+        except_user_id: &str,
+        hint: &'static str,
+    ) -> Result<bool, AdminError> {
+        let what = format!("GET …/{}", segments.join("/"));
+        let response = self
+            .get(
+                segments,
+                &[
+                    ("first", "0"),
+                    ("max", "2"),
+                    ("briefRepresentation", "true"),
+                ],
+            )
+            .await?;
+        let members: Vec<IdRepresentation> = match response.status() {
+            status if status.is_success() => {
+                response
+                    .json()
+                    .await
+                    .map_err(|error| AdminError::Transport {
+                        what: what.clone(),
+                        reason: error.to_string(),
+                    })?
+            }
+            StatusCode::NOT_FOUND => return Ok(false),
+            StatusCode::FORBIDDEN => return Err(AdminError::Forbidden { what, hint }),
+            status => return Err(AdminError::Status { what, status }),
+        };
+        Ok(members.iter().any(|member| member.id != except_user_id))
+    }
+
+    /// Returns whether group `path` has a direct member other than `except_user_id`.
+    pub async fn group_has_other_member(
+        &self,
+        path: &str,
+        except_user_id: &str,
+    ) -> Result<bool, AdminError> {
+        let mut segments = vec!["group-by-path"];
+        segments.extend(path.split('/').filter(|part| !part.is_empty()));
+        let response = self.get(&segments, &[]).await?;
+        let what = format!("GET …/group-by-path{path}");
+        let group: IdRepresentation = match response.status() {
+            status if status.is_success() => {
+                response
+                    .json()
+                    .await
+                    .map_err(|error| AdminError::Transport {
+                        what: what.clone(),
+                        reason: error.to_string(),
+                    })?
+            }
+            StatusCode::NOT_FOUND => return Ok(false),
+            StatusCode::FORBIDDEN => {
+                return Err(AdminError::Forbidden {
+                    what,
+                    hint: "query-groups",
+                })
+            }
+            status => return Err(AdminError::Status { what, status }),
+        };
+        self.has_other_member(
+            &["groups", &group.id, "members"],
+            except_user_id,
+            "view-users",
+        )
+        .await
+    }
+
+    /// Returns whether realm role `role` is mapped directly to a user other than `except_user_id`.
+    pub async fn realm_role_has_other_holder(
+        &self,
+        role: &str,
+        except_user_id: &str,
+    ) -> Result<bool, AdminError> {
+        self.has_other_member(&["roles", role, "users"], except_user_id, "view-users")
+            .await
+    }
+
     /// Returns the names of the realm roles user `user_id` holds, directly, through groups
     /// or through composite roles (`role-mappings/realm/composite`), sorted.
     pub async fn effective_realm_roles(&self, user_id: &str) -> Result<Vec<String>, AdminError> {

@@ -230,6 +230,43 @@ async fn failed_decision_writes_nothing(database: &Database) {
     );
 }
 
+async fn flagged_request_is_listed(database: &Database) {
+    let id = store::create(database, &new_request(1), NOW).await.unwrap();
+    assert!(store::list_flagged(database).await.unwrap().is_empty());
+    store::flag_for_admin(database, &id, "no approver left", NOW + 1)
+        .await
+        .unwrap();
+    let flagged = store::list_flagged(database).await.unwrap();
+    assert_eq!(flagged.len(), 1);
+    assert_eq!(flagged[0].0.id, id);
+    assert_eq!(flagged[0].1, "no approver left");
+    assert_eq!(
+        actions(database, &id).await.last().unwrap(),
+        &step("request_flagged_for_admin", Some("pending"), "pending")
+    );
+    store::cancel(database, &id, &actor("alice"), NOW + 2)
+        .await
+        .unwrap();
+    assert!(
+        store::list_flagged(database).await.unwrap().is_empty(),
+        "only pending requests are listed"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_flagged_request() {
+    let (_dir, database) = sqlite().await;
+    flagged_request_is_listed(&database).await;
+}
+
+#[tokio::test]
+async fn postgres_flagged_request() {
+    let Some((database, _)) = support::postgres_database().await else {
+        return;
+    };
+    flagged_request_is_listed(&database).await;
+}
+
 #[tokio::test]
 async fn sqlite_two_approvals() {
     let (_dir, database) = sqlite().await;

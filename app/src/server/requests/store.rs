@@ -381,6 +381,66 @@ pub async fn cancel(
     })
 }
 
+/// Marks pending request `id` as needing an administrator, with `reason` and an audit event.
+pub async fn flag_for_admin(
+    database: &Database,
+    id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    with_pool!(database, |pool| {
+        async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "update access_request set needs_admin_reason = $1, updated_at = $2 where id = $3",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(INSERT_AUDIT)
+                .bind(now)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(id)
+                .bind("request_flagged_for_admin")
+                .bind(RequestStatus::Pending.as_str())
+                .bind(RequestStatus::Pending.as_str())
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await
+    })?;
+    Ok(())
+}
+
+/// Returns the pending requests flagged for an administrator, oldest first, with reasons.
+pub async fn list_flagged(database: &Database) -> Result<Vec<(StoredRequest, String)>, StoreError> {
+    let sql = format!(
+        "{SELECT_REQUESTS} where r.status = 'pending' and r.needs_admin_reason is not null \
+         order by r.created_at, r.id"
+    );
+    let rows = with_pool!(database, |pool| {
+        sqlx::query_as::<_, StoredRequest>(&sql)
+            .fetch_all(pool)
+            .await
+    })?;
+    let mut flagged = Vec::with_capacity(rows.len());
+    for row in rows {
+        let reason: Option<String> = with_pool!(database, |pool| {
+            sqlx::query_scalar("select needs_admin_reason from access_request where id = $1")
+                .bind(&row.id)
+                .fetch_one(pool)
+                .await
+        })?;
+        flagged.push((row, reason.unwrap_or_default()));
+    }
+    Ok(flagged)
+}
+
 /// Returns the audit events of request `id`, oldest first.
 pub async fn audit_trail(database: &Database, id: &str) -> Result<Vec<AuditEvent>, StoreError> {
     let events = with_pool!(database, |pool| {
