@@ -191,28 +191,50 @@ impl KeycloakAdmin {
                 &[("clientId", client_id), ("search", "false")],
             )
             .await?;
-        match response.status() {
-            status if status.is_success() => {
-                let clients: Vec<ClientRepresentation> =
-                    response
-                        .json()
-                        .await
-                        .map_err(|error| AdminError::Transport {
-                            what: "GET …/clients".into(),
-                            reason: error.to_string(),
-                        })?;
-                Ok(clients.into_iter().next().map(|client| client.id))
-            }
-            StatusCode::FORBIDDEN => Err(AdminError::Forbidden {
-                what: "GET …/clients".into(),
-                hint: "view-clients",
-            }),
-            status => Err(AdminError::Status {
-                what: "GET …/clients".into(),
-                status,
-            }),
-        }
+        let clients: Vec<ClientRepresentation> = require_found(
+            read_json(response, "GET …/clients", "view-clients").await?,
+            "GET …/clients",
+        )?;
+        Ok(clients.into_iter().next().map(|client| client.id))
     }
+}
+
+/// Decodes the JSON body of a successful response, or returns `None` for a 404. Any other
+/// status becomes an error; a 403 names the realm-management role in `hint`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    what: &str,
+    hint: &'static str,
+) -> Result<Option<T>, AdminError> {
+    match response.status() {
+        status if status.is_success() => {
+            response
+                .json()
+                .await
+                .map(Some)
+                .map_err(|error| AdminError::Transport {
+                    what: what.to_owned(),
+                    reason: error.to_string(),
+                })
+        }
+        StatusCode::NOT_FOUND => Ok(None),
+        StatusCode::FORBIDDEN => Err(AdminError::Forbidden {
+            what: what.to_owned(),
+            hint,
+        }),
+        status => Err(AdminError::Status {
+            what: what.to_owned(),
+            status,
+        }),
+    }
+}
+
+/// Turns a 404 from [`read_json`] into an error, for lists that always exist.
+fn require_found<T>(found: Option<T>, what: &str) -> Result<T, AdminError> {
+    found.ok_or_else(|| AdminError::Status {
+        what: what.to_owned(),
+        status: StatusCode::NOT_FOUND,
+    })
 }
 
 #[derive(Deserialize)]
@@ -240,31 +262,17 @@ impl KeycloakAdmin {
         hint: &'static str,
     ) -> Result<bool, AdminError> {
         let what = format!("GET …/{}", segments.join("/"));
-        let response = self
-            .get(
-                segments,
-                &[
-                    ("first", "0"),
-                    ("max", "2"),
-                    ("briefRepresentation", "true"),
-                ],
-            )
-            .await?;
-        let members: Vec<IdRepresentation> = match response.status() {
-            status if status.is_success() => {
-                response
-                    .json()
-                    .await
-                    .map_err(|error| AdminError::Transport {
-                        what: what.clone(),
-                        reason: error.to_string(),
-                    })?
-            }
-            StatusCode::NOT_FOUND => return Ok(false),
-            StatusCode::FORBIDDEN => return Err(AdminError::Forbidden { what, hint }),
-            status => return Err(AdminError::Status { what, status }),
-        };
-        Ok(members.iter().any(|member| member.id != except_user_id))
+        let query = [
+            ("first", "0"),
+            ("max", "2"),
+            ("briefRepresentation", "true"),
+        ];
+        let response = self.get(segments, &query).await?;
+        let members: Option<Vec<IdRepresentation>> = read_json(response, &what, hint).await?;
+        Ok(members
+            .unwrap_or_default()
+            .iter()
+            .any(|member| member.id != except_user_id))
     }
 
     /// Returns whether group `path` has a direct member other than `except_user_id`.
@@ -277,24 +285,9 @@ impl KeycloakAdmin {
         segments.extend(path.split('/').filter(|part| !part.is_empty()));
         let response = self.get(&segments, &[]).await?;
         let what = format!("GET …/group-by-path{path}");
-        let group: IdRepresentation = match response.status() {
-            status if status.is_success() => {
-                response
-                    .json()
-                    .await
-                    .map_err(|error| AdminError::Transport {
-                        what: what.clone(),
-                        reason: error.to_string(),
-                    })?
-            }
-            StatusCode::NOT_FOUND => return Ok(false),
-            StatusCode::FORBIDDEN => {
-                return Err(AdminError::Forbidden {
-                    what,
-                    hint: "query-groups",
-                })
-            }
-            status => return Err(AdminError::Status { what, status }),
+        let group: Option<IdRepresentation> = read_json(response, &what, "query-groups").await?;
+        let Some(group) = group else {
+            return Ok(false);
         };
         self.has_other_member(
             &["groups", &group.id, "members"],
@@ -317,31 +310,15 @@ impl KeycloakAdmin {
     /// Returns the names of the realm roles user `user_id` holds, directly, through groups
     /// or through composite roles (`role-mappings/realm/composite`), sorted.
     pub async fn effective_realm_roles(&self, user_id: &str) -> Result<Vec<String>, AdminError> {
-        let what = "GET …/users/{id}/role-mappings/realm/composite".to_owned();
+        let what = "GET …/users/{id}/role-mappings/realm/composite";
         let response = self
             .get(
                 &["users", user_id, "role-mappings", "realm", "composite"],
                 &[],
             )
             .await?;
-        let roles: Vec<RoleRepresentation> = match response.status() {
-            status if status.is_success() => {
-                response
-                    .json()
-                    .await
-                    .map_err(|error| AdminError::Transport {
-                        what: what.clone(),
-                        reason: error.to_string(),
-                    })?
-            }
-            StatusCode::FORBIDDEN => {
-                return Err(AdminError::Forbidden {
-                    what,
-                    hint: "view-users",
-                })
-            }
-            status => return Err(AdminError::Status { what, status }),
-        };
+        let roles: Vec<RoleRepresentation> =
+            require_found(read_json(response, what, "view-users").await?, what)?;
         let mut names: Vec<String> = roles.into_iter().map(|role| role.name).collect();
         names.sort();
         Ok(names)
@@ -351,39 +328,19 @@ impl KeycloakAdmin {
     /// every page.
     pub async fn user_group_paths(&self, user_id: &str) -> Result<Vec<String>, AdminError> {
         const PAGE: usize = 100;
+        let what = "GET …/users/{id}/groups";
         let mut paths = Vec::new();
         loop {
             let first = paths.len().to_string();
             let max = PAGE.to_string();
-            let response = self
-                .get(
-                    &["users", user_id, "groups"],
-                    &[
-                        ("first", first.as_str()),
-                        ("max", max.as_str()),
-                        ("briefRepresentation", "true"),
-                    ],
-                )
-                .await?;
-            let what = "GET …/users/{id}/groups".to_owned();
-            let page: Vec<GroupRepresentation> = match response.status() {
-                status if status.is_success() => {
-                    response
-                        .json()
-                        .await
-                        .map_err(|error| AdminError::Transport {
-                            what: what.clone(),
-                            reason: error.to_string(),
-                        })?
-                }
-                StatusCode::FORBIDDEN => {
-                    return Err(AdminError::Forbidden {
-                        what,
-                        hint: "view-users",
-                    })
-                }
-                status => return Err(AdminError::Status { what, status }),
-            };
+            let query = [
+                ("first", first.as_str()),
+                ("max", max.as_str()),
+                ("briefRepresentation", "true"),
+            ];
+            let response = self.get(&["users", user_id, "groups"], &query).await?;
+            let page: Vec<GroupRepresentation> =
+                require_found(read_json(response, what, "view-users").await?, what)?;
             let short = page.len() < PAGE;
             paths.extend(page.into_iter().map(|group| group.path));
             if short {
