@@ -51,7 +51,7 @@ pub struct Config {
     pub personas: PersonasConfig,
 }
 
-/// Sources of each persona: a user who is in any listed group or holds any listed role of
+/// Sources of each persona: a user who is in any listed group or has any listed role of
 /// the portal's Keycloak client has the persona.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,14 +167,14 @@ impl Config {
         Ok(())
     }
 
-    /// Whether browsers reach the portal over TLS, which decides the `Secure` cookie flag.
+    /// Returns whether browsers reach the portal over TLS, which sets the `Secure` cookie flag.
     pub fn is_https(&self) -> bool {
         self.public_url.scheme() == "https"
     }
 }
 
 impl KeycloakConfig {
-    /// The OIDC issuer of the realm, as Keycloak writes it in tokens and discovery.
+    /// Returns the OIDC issuer of the realm, as Keycloak writes it in tokens and discovery.
     pub fn issuer_url(&self) -> String {
         format!(
             "{}/realms/{}",
@@ -220,7 +220,7 @@ impl KeycloakConfig {
         }
     }
 
-    /// The client secret. Loading guarantees that it is set.
+    /// Returns the client secret. Loading guarantees that it is set.
     pub fn client_secret(&self) -> &str {
         self.client_secret
             .as_ref()
@@ -245,7 +245,7 @@ fn environment_overrides(env: &[(String, String)]) -> Figment {
     layer
 }
 
-/// The environment variable that sets `key`, such as `STINT_KEYCLOAK__CLIENT_ID`.
+/// Returns the environment variable that sets `key`, such as `STINT_KEYCLOAK__CLIENT_ID`.
 fn env_name(key: &str) -> String {
     format!("STINT_{}", key.replace('.', "__").to_uppercase())
 }
@@ -351,12 +351,12 @@ impl fmt::Display for Config {
 pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
-    /// The URL with its password, for connecting only.
+    /// Returns the URL with its password, for connecting only.
     pub fn expose(&self) -> &str {
         &self.0
     }
 
-    /// The URL with any password replaced by `***`.
+    /// Returns the URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
         match Url::parse(&self.0) {
             Ok(mut url) if url.password().is_some() => {

@@ -1,7 +1,7 @@
 //! Liveness and readiness probes.
 //!
-//! `/healthz` answers as long as the process serves HTTP. `/readyz` also proves that the
-//! database answers a query and that Keycloak serves the realm's discovery document with the
+//! `/healthz` returns 200 as long as the process serves HTTP. `/readyz` also proves that
+//! the database runs a query and that Keycloak serves the realm's discovery document with the
 //! issuer the portal expects, so a load balancer sends no traffic to a replica that could not
 //! sign anyone in.
 

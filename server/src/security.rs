@@ -48,7 +48,7 @@ fn is_safe_method(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The portal's origin (`scheme://host[:port]`) as browsers write it in `Origin`.
+/// Returns the portal's origin (`scheme://host[:port]`) as browsers write it in `Origin`.
 pub fn public_origin(state: &AppState) -> String {
     state.config.public_url.origin().ascii_serialization()
 }

@@ -51,14 +51,14 @@ mod server_side {
             .unwrap_or_else(|| seconds.to_string())
     }
 
-    /// Whether `user` may request `role`: everyone when the entry names no requesters.
+    /// Returns whether `user` may request `role`: everyone when the entry names no requesters.
     pub fn may_request(role: &CatalogRole, user: &CurrentUser) -> bool {
         role.requesters
             .as_ref()
             .is_none_or(|audience| audience.contains(&user.groups, &user.realm_roles))
     }
 
-    /// Whether `user` may approve requests for `role`, judged from their token.
+    /// Returns whether `user` may approve requests for `role`, judged from their token.
     pub fn may_approve(role: &CatalogRole, user: &CurrentUser) -> bool {
         role.approvers.contains(&user.groups, &user.realm_roles)
     }

@@ -77,7 +77,7 @@ impl Audience {
         self.groups.is_empty() && self.realm_roles.is_empty()
     }
 
-    /// Whether someone with `groups` and `realm_roles` belongs to this audience.
+    /// Returns whether someone with `groups` and `realm_roles` belongs to this audience.
     pub fn contains(&self, groups: &[String], realm_roles: &[String]) -> bool {
         self.groups.iter().any(|group| groups.contains(group))
             || self

@@ -44,8 +44,8 @@ pub enum DatabaseError {
     },
 }
 
-/// Makes the SQLite file readable by its owner only: it holds session ids and Keycloak
-/// tokens. Failures are logged, not fatal, because the file may belong to another user.
+/// Makes the SQLite file readable by its owner only, because it contains session ids and
+/// Keycloak tokens. Failures are logged, not fatal, because the file may belong to another user.
 fn restrict_file_mode(path: &std::path::Path) {
     #[cfg(unix)]
     {

@@ -1,7 +1,7 @@
 //! `POST /auth/backchannel-logout`: Keycloak notifies the portal that a user's session ended.
 //!
 //! The request comes from Keycloak's server, not a browser, so it carries no cookie and no
-//! Origin header; the signed logout token is its authentication (OpenID Connect
+//! Origin header. The signed logout token is its authentication (OpenID Connect
 //! Back-Channel Logout 1.0). A valid token ends every portal session of its `sub`, because
 //! Keycloak's admin "sign out" names only one of the user's Keycloak sessions.
 

@@ -36,6 +36,18 @@ struct PendingLogin {
     started_at: i64,
 }
 
+/// Returns the sign-ins pending in `session`. An unreadable entry counts as none, so the
+/// user starts a new sign-in instead of seeing an error.
+async fn pending_logins(session: &Session) -> Vec<PendingLogin> {
+    match session.get(PENDING_KEY).await {
+        Ok(pending) => pending.unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, "pending sign-ins could not be read from the session");
+            Vec::new()
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct LoginQuery {
     #[serde(rename = "returnTo")]
@@ -82,8 +94,8 @@ pub async fn login(
         return Redirect::to(&return_to).into_response();
     }
 
-    // Discovery is cached for an hour, so a cached document says nothing about whether the
-    // browser can reach Keycloak now; a quick probe turns a dead redirect into a readable page.
+    // Discovery is cached for an hour, so a cached document does not show whether the
+    // browser can reach Keycloak now. A quick probe turns a dead redirect into a readable page.
     let metadata = match state.oidc.probe().await.and(state.oidc.metadata().await) {
         Ok(metadata) => metadata,
         Err(error) => {
@@ -104,12 +116,7 @@ pub async fn login(
         .set_pkce_challenge(challenge)
         .url();
 
-    let mut pending: Vec<PendingLogin> = session
-        .get(PENDING_KEY)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut pending = pending_logins(&session).await;
     let started_at = now();
     pending.retain(|login| started_at - login.started_at < PENDING_LIFETIME);
     pending.push(PendingLogin {
@@ -163,12 +170,7 @@ async fn finish_login(
     query: CallbackQuery,
 ) -> Result<String, Failure> {
     // Each pending sign-in is used once: it leaves the session before the code is redeemed.
-    let mut pending: Vec<PendingLogin> = session
-        .get(PENDING_KEY)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut pending = pending_logins(session).await;
     let position = query
         .state
         .as_deref()

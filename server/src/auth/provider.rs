@@ -57,6 +57,9 @@ pub struct Provider {
     client_secret: ClientSecret,
     redirect_url: RedirectUrl,
     cached: RwLock<Option<Cached>>,
+    /// Held while the key set is fetched after an unknown `kid`, so that concurrent callers
+    /// wait for one fetch instead of each starting their own.
+    key_refresh: tokio::sync::Mutex<()>,
 }
 
 impl Provider {
@@ -76,6 +79,7 @@ impl Provider {
             client_secret: ClientSecret::new(config.keycloak.client_secret().to_owned()),
             redirect_url,
             cached: RwLock::new(None),
+            key_refresh: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -141,6 +145,7 @@ impl Provider {
     /// [`MIN_KEY_REFRESH`]. Returns the metadata with the current keys.
     pub async fn refresh_keys(&self) -> Result<ProviderMetadataWithLogout, ProviderError> {
         let metadata = self.metadata().await?;
+        let _refreshing = self.key_refresh.lock().await;
         {
             let cached = self.cached.read().await;
             if let Some(cached) = cached.as_ref() {

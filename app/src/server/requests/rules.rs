@@ -132,7 +132,7 @@ pub fn decide(
     })
 }
 
-/// Whether a pending request has passed its approval deadline at `now`.
+/// Returns whether a pending request has passed its approval deadline at `now`.
 pub fn is_expired(facts: &RequestFacts, now: i64) -> bool {
     facts.status == RequestStatus::Pending && now >= facts.approval_deadline
 }

@@ -44,11 +44,13 @@ pub struct StoredRequest {
     pub approval_deadline: i64,
     pub created_at: i64,
     pub approvals: i64,
+    /// Why the request needs an administrator, when it does.
+    pub needs_admin_reason: Option<String>,
 }
 
 const SELECT_REQUESTS: &str = "select r.id, r.requester_subject, r.requester_username, r.role_key, \
     r.duration_seconds, r.starts_at, r.justification, r.ticket, r.status, r.approvals_required, \
-    r.approval_deadline, r.created_at, \
+    r.approval_deadline, r.created_at, r.needs_admin_reason, \
     (select count(*) from approval a where a.request_id = r.id and a.decision = 'approve') as approvals \
     from access_request r";
 
@@ -428,17 +430,13 @@ pub async fn list_flagged(database: &Database) -> Result<Vec<(StoredRequest, Str
             .fetch_all(pool)
             .await
     })?;
-    let mut flagged = Vec::with_capacity(rows.len());
-    for row in rows {
-        let reason: Option<String> = with_pool!(database, |pool| {
-            sqlx::query_scalar("select needs_admin_reason from access_request where id = $1")
-                .bind(&row.id)
-                .fetch_one(pool)
-                .await
-        })?;
-        flagged.push((row, reason.unwrap_or_default()));
-    }
-    Ok(flagged)
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let reason = row.needs_admin_reason.clone().unwrap_or_default();
+            (row, reason)
+        })
+        .collect())
 }
 
 /// Returns the audit events of request `id`, oldest first.
