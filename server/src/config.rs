@@ -28,6 +28,11 @@ const ENV_KEYS: &[&str] = &[
     "keycloak.client_id",
     "keycloak.client_secret",
     "keycloak.client_secret_file",
+    "scheduler.enabled",
+    "scheduler.lease",
+    "scheduler.concurrency",
+    "scheduler.max_backoff",
+    "scheduler.reconcile_interval",
 ];
 
 /// The portal's settings after defaults, file and environment have been merged.
@@ -49,6 +54,85 @@ pub struct Config {
     /// admin. Every signed-in user is a requester.
     #[serde(default)]
     pub personas: PersonasConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+/// The grant scheduler and the reconciliation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Run the scheduler in this process. Every replica may run it; the lease splits work.
+    pub enabled: bool,
+    /// How long a replica keeps a claimed grant before another may take it over, such as
+    /// `60s`. It must exceed the longest step: a few Keycloak calls of 15 s at most each.
+    pub lease: String,
+    /// Keycloak calls in flight at once.
+    pub concurrency: usize,
+    /// Longest wait between two attempts of a failing step.
+    pub max_backoff: String,
+    /// How often the grants are compared with Keycloak's mappings; `0s` turns it off.
+    pub reconcile_interval: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lease: "60s".into(),
+            concurrency: 16,
+            max_backoff: "5m".into(),
+            reconcile_interval: "5m".into(),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    fn duration(key: &str, text: &str) -> Result<std::time::Duration, ConfigError> {
+        humantime::parse_duration(text.trim()).map_err(|error| {
+            ConfigError(format!(
+                "invalid scheduler.{key} `{text}`: {error}; write it like 30s, 5m or 1h"
+            ))
+        })
+    }
+
+    pub fn lease(&self) -> std::time::Duration {
+        Self::duration("lease", &self.lease).unwrap_or(std::time::Duration::from_secs(60))
+    }
+
+    pub fn max_backoff(&self) -> std::time::Duration {
+        Self::duration("max_backoff", &self.max_backoff)
+            .unwrap_or(std::time::Duration::from_secs(300))
+    }
+
+    pub fn reconcile_interval(&self) -> std::time::Duration {
+        Self::duration("reconcile_interval", &self.reconcile_interval)
+            .unwrap_or(std::time::Duration::from_secs(300))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let lease = Self::duration("lease", &self.lease)?;
+        if lease < std::time::Duration::from_secs(20) {
+            return Err(ConfigError(format!(
+                "invalid scheduler.lease `{}`: use at least 20s, longer than one step's Keycloak calls",
+                self.lease
+            )));
+        }
+        if Self::duration("max_backoff", &self.max_backoff)?.is_zero() {
+            return Err(ConfigError(format!(
+                "invalid scheduler.max_backoff `{}`: use at least 1s",
+                self.max_backoff
+            )));
+        }
+        Self::duration("reconcile_interval", &self.reconcile_interval)?;
+        if self.concurrency == 0 || self.concurrency > 64 {
+            return Err(ConfigError(format!(
+                "invalid scheduler.concurrency {}: use 1 to 64",
+                self.concurrency
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Sources of each persona: a user who is in any listed group or has any listed role of
@@ -142,6 +226,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.scheduler.validate()?;
         if !matches!(self.public_url.scheme(), "http" | "https") {
             return Err(ConfigError(format!(
                 "invalid public_url `{}`: use an http:// or https:// URL",
@@ -239,7 +324,13 @@ fn environment_overrides(env: &[(String, String)]) -> Figment {
     for key in ENV_KEYS {
         let name = env_name(key);
         if let Some((_, value)) = env.iter().find(|(candidate, _)| *candidate == name) {
-            layer = layer.merge((*key, value.as_str()));
+            // The number and boolean keys get typed values; every other key stays text, so
+            // a secret of digits remains a string.
+            layer = match (*key, value.parse::<i64>(), value.parse::<bool>()) {
+                ("scheduler.concurrency", Ok(number), _) => layer.merge((*key, number)),
+                ("scheduler.enabled", _, Ok(flag)) => layer.merge((*key, flag)),
+                _ => layer.merge((*key, value.as_str())),
+            };
         }
     }
     layer

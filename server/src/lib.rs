@@ -34,6 +34,7 @@ use tower_sessions::session_store::ExpiredDeletion;
 use tower_sessions::{Expiry, SessionManagerLayer};
 
 use app::server::catalog::{Catalog, CatalogError};
+use app::server::grants::scheduler::{Scheduler, SchedulerSettings};
 use app::server::keycloak::KeycloakAdmin;
 
 use crate::config::Config;
@@ -155,6 +156,8 @@ pub enum StartError {
     },
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Permissions(String),
 }
 
 /// Opens the database, applies migrations and builds the shared state.
@@ -178,6 +181,24 @@ pub async fn prepare(config: Config) -> Result<AppState, StartError> {
         tracing::warn!(%warning, "catalog entry not verified against Keycloak; it is checked again at the next reload (SIGHUP)");
     }
     tracing::info!(catalog = %config.catalog.display(), roles = catalog.roles.len(), "catalog loaded");
+    check_service_account(&admin, &catalog).await?;
+
+    let admin = Arc::new(admin);
+    let catalog: app::server::catalog::CatalogHandle =
+        Arc::new(std::sync::RwLock::new(Arc::new(catalog)));
+    let settings = SchedulerSettings {
+        lease: config.scheduler.lease(),
+        concurrency: config.scheduler.concurrency,
+        max_backoff: config.scheduler.max_backoff(),
+        ..SchedulerSettings::default()
+    };
+    let scheduler = Scheduler::new(
+        database.clone(),
+        admin.clone(),
+        catalog.clone(),
+        settings,
+        Arc::new(|| time::OffsetDateTime::now_utc().unix_timestamp()),
+    );
 
     Ok(AppState {
         leptos_options: leptos_options(&config),
@@ -185,9 +206,57 @@ pub async fn prepare(config: Config) -> Result<AppState, StartError> {
         database,
         http,
         oidc: Arc::new(oidc),
-        admin: Arc::new(admin),
-        catalog: Arc::new(std::sync::RwLock::new(Arc::new(catalog))),
+        admin,
+        catalog,
+        scheduler: Arc::new(scheduler),
     })
+}
+
+/// The `realm-management` roles the service account needs, and what each one is for.
+const REQUIRED_ROLES: &[(&str, &str)] = &[
+    ("manage-users", "add and remove role mappings, end sessions"),
+    ("view-users", "read users, their groups and role mappings"),
+    ("view-realm", "read realm roles and the token lifespan"),
+    ("query-groups", "look up the catalog's groups"),
+];
+
+/// Checks at start-up that the service account holds the realm-management roles the
+/// portal needs, so a missing permission stops the start with its name instead of failing
+/// the first grant. Keycloak being unreachable only logs a warning; the scheduler retries.
+async fn check_service_account(admin: &KeycloakAdmin, catalog: &Catalog) -> Result<(), StartError> {
+    let roles = match admin.service_account_roles().await {
+        Ok(roles) => roles,
+        Err(error) => {
+            tracing::warn!(%error, "could not check the service account's permissions; Keycloak may be down");
+            return Ok(());
+        }
+    };
+    let mut required: Vec<(&str, &str)> = REQUIRED_ROLES.to_vec();
+    if catalog
+        .roles
+        .iter()
+        .any(|role| matches!(role.role, app::server::catalog::KeycloakRole::Client(..)))
+    {
+        required.push((
+            "view-clients",
+            "look up the clients of the catalog's client roles",
+        ));
+    }
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|(role, _)| !roles.iter().any(|held| held == role))
+        .map(|(role, purpose)| format!("{role} (to {purpose})"))
+        .collect();
+    if missing.is_empty() {
+        tracing::info!("the service account holds every realm-management role the portal needs");
+        return Ok(());
+    }
+    Err(StartError::Permissions(format!(
+        "the service account of client `{}` lacks realm-management roles: {}. Assign them in \
+         Keycloak under Clients → the portal's client → Service account roles",
+        admin.client_id(),
+        missing.join(", ")
+    )))
 }
 
 /// Serves HTTP until `shutdown` is cancelled, then lets requests in flight finish.
@@ -218,6 +287,22 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), S
     let expiry_shutdown = shutdown.clone();
     let expiry =
         tokio::spawn(async move { jobs::expire_requests(expiry_database, expiry_shutdown).await });
+
+    let scheduler = if state.config.scheduler.enabled {
+        let scheduler = state.scheduler.clone();
+        let scheduler_shutdown = shutdown.clone().cancelled_owned();
+        Some(tokio::spawn(async move {
+            scheduler.run(scheduler_shutdown).await
+        }))
+    } else {
+        tracing::info!("the grant scheduler is off in this process (scheduler.enabled = false)");
+        None
+    };
+    let reconcile = {
+        let reconcile_state = state.clone();
+        let reconcile_shutdown = shutdown.clone();
+        tokio::spawn(async move { jobs::reconcile(reconcile_state, reconcile_shutdown).await })
+    };
 
     let reload_state = state.clone();
     let reload_shutdown = shutdown.clone();
@@ -250,6 +335,10 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), S
     let _ = cleanup.await;
     let _ = reload.await;
     let _ = expiry.await;
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
+    let _ = reconcile.await;
     database.close().await;
     result
 }

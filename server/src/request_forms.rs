@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/requests/submit", post(submit))
         .route("/requests/{id}/cancel", post(cancel))
         .route("/requests/{id}/decide", post(decide))
+        .route("/grants/{id}/end", post(end_grant))
 }
 
 fn now() -> i64 {
@@ -95,6 +96,12 @@ async fn submit(
     if let Err(error) = store::expire_due(&state.database, now).await {
         tracing::warn!(%error, "expiring overdue requests failed");
     }
+    let extends = Some(form.extends.trim().to_owned()).filter(|id| !id.is_empty());
+    let mut form = form;
+    if extends.is_some() {
+        // An extension starts when it is approved; a start time does not apply.
+        form.starts_at.clear();
+    }
     let valid = match validate(&form, role, now) {
         Ok(valid) => valid,
         Err(field_errors) => {
@@ -121,10 +128,15 @@ async fn submit(
         approvals_required: role.approvals_required,
         approval_deadline: now + role.approval_timeout.as_secs() as i64,
         auto_approved,
+        target: role.grant_target(),
+        extends_grant_id: extends.clone(),
     };
     match store::create(&state.database, &request, now).await {
         Ok(id) => {
-            tracing::info!(security_event = "request_created", request_id = %id, role = %role.key, subject = %user.subject, auto_approved, "access request created");
+            tracing::info!(security_event = "request_created", request_id = %id, role = %role.key, subject = %user.subject, auto_approved, extends = extends.as_deref().unwrap_or(""), "access request created");
+            if auto_approved {
+                state.wake_scheduler();
+            }
             if !auto_approved {
                 flag_if_no_approver(&state, &id, role, &user.subject, now).await;
             }
@@ -150,6 +162,15 @@ async fn submit(
                 error: Some(format!(
                     "You already have a pending request for {role_key}: wait for its decision or cancel it in My requests."
                 )),
+                values,
+                ..Flash::default()
+            };
+            flash_and_redirect(&session, flash, &back).await
+        }
+        Err(error @ (StoreError::OverlappingGrant { .. } | StoreError::NotExtendable(_))) => {
+            tracing::info!(%error, role = %role.key, subject = %user.subject, "access request refused");
+            let flash = Flash {
+                error: Some(format!("The request was not sent: {error}.")),
                 values,
                 ..Flash::default()
             };
@@ -306,6 +327,16 @@ async fn decide(
         }
     };
     let catalog = state.catalog();
+    let Some(target) = catalog
+        .find(&request.role_key)
+        .map(|role| role.grant_target())
+    else {
+        let message = format!(
+            "Decision rejected: `{}` is no longer in the catalog; deny requests for it or restore the entry.",
+            request.role_key
+        );
+        return flash_and_redirect(&session, fail(message), "/approvals").await;
+    };
     let eligible = match catalog.find(&request.role_key) {
         None => false,
         Some(role) => match state.admin.user_group_paths(&user.subject).await {
@@ -324,11 +355,15 @@ async fn decide(
         eligible,
         decision,
         comment,
+        &target,
         now(),
     )
     .await
     {
         Ok(status) => {
+            if status == app::server::requests::rules::RequestStatus::Approved {
+                state.wake_scheduler();
+            }
             tracing::info!(security_event = "request_decided", request_id = %id, approver = %user.subject, decision = decision.as_str(), status = status.as_str(), "access request decided");
             let flash = Flash {
                 success: Some(format!(
@@ -349,4 +384,48 @@ async fn decide(
             flash_and_redirect(&session, fail(message), "/approvals").await
         }
     }
+}
+
+/// Ends the caller's grant now: a grant that has not started is cancelled, an applied one
+/// is revoked by the scheduler at once.
+async fn end_grant(
+    State(state): State<AppState>,
+    Extension(user): Extension<RequestUser>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(user) = user.0 else {
+        return sign_in_first();
+    };
+    let flash = match app::server::grants::store::end_early(
+        &state.database,
+        &id,
+        &actor(&user),
+        now(),
+    )
+    .await
+    {
+        Ok(status) => {
+            state.wake_scheduler();
+            tracing::info!(security_event = "grant_ended_early", grant_id = %id, subject = %user.subject, status = status.as_str(), "grant ended early by its holder");
+            Flash {
+                success: Some(
+                    "The grant ends now; the role is removed in Keycloak within seconds.".into(),
+                ),
+                ..Flash::default()
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, grant_id = %id, subject = %user.subject, "ending a grant early failed");
+            let message = match &error {
+                StoreError::Database(_) => "The grant could not be ended; try again.".to_owned(),
+                other => format!("The grant was not ended: {other}."),
+            };
+            Flash {
+                error: Some(message),
+                ..Flash::default()
+            }
+        }
+    };
+    flash_and_redirect(&session, flash, "/requests").await
 }

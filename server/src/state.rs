@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use app::server::catalog::{Catalog, CatalogError, CatalogHandle};
+use app::server::grants::scheduler::Scheduler;
 use app::server::keycloak::KeycloakAdmin;
 use axum::extract::FromRef;
 use leptos::config::LeptosOptions;
@@ -24,9 +25,16 @@ pub struct AppState {
     pub admin: Arc<KeycloakAdmin>,
     /// The requestable roles. A reload swaps the whole catalog, so readers never see a mix.
     pub catalog: CatalogHandle,
+    /// The grant scheduler; request handlers wake it when a grant becomes due at once.
+    pub scheduler: Arc<Scheduler>,
 }
 
 impl AppState {
+    /// Makes the scheduler look for due grants now instead of at its next poll.
+    pub fn wake_scheduler(&self) {
+        self.scheduler.waker().notify_one();
+    }
+
     /// Returns the catalog in force.
     pub fn catalog(&self) -> Arc<Catalog> {
         app::server::catalog::current(&self.catalog)

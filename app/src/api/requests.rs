@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 
 use crate::auth::AccessError;
-use crate::model::request::{Flash, RequestView, RoleView};
+use crate::model::request::{Flash, GrantStatusView, GrantView, RequestView, RoleView};
 
 #[cfg(feature = "ssr")]
 mod server_side {
@@ -12,10 +12,11 @@ mod server_side {
     use leptos::prelude::*;
 
     use crate::auth::AccessError;
-    use crate::model::request::{EventView, Flash, RequestView, RoleView};
+    use crate::model::request::{EventView, Flash, GrantView, RequestView, RoleView};
     use crate::model::user::CurrentUser;
     use crate::server::catalog::{current, Catalog, CatalogHandle, CatalogRole};
     use crate::server::db::Database;
+    use crate::server::grants::store::{self as grants, Grant, GrantStatus};
     use crate::server::requests::store::{self, StoredRequest};
 
     /// Session key of the message for the next page after a form post.
@@ -43,13 +44,7 @@ mod server_side {
         humantime::format_duration(Duration::from_secs(seconds.max(0) as u64)).to_string()
     }
 
-    pub fn timestamp(seconds: i64) -> String {
-        let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-        time::OffsetDateTime::from_unix_timestamp(seconds)
-            .ok()
-            .and_then(|at| at.format(&format).ok())
-            .unwrap_or_else(|| seconds.to_string())
-    }
+    pub use crate::server::format_time as timestamp;
 
     /// Returns whether `user` may request `role`: everyone when the entry names no requesters.
     pub fn may_request(role: &CatalogRole, user: &CurrentUser) -> bool {
@@ -123,6 +118,10 @@ mod server_side {
                 comment: event.comment,
             })
             .collect();
+        let grant = grants::for_request(database, &request.id)
+            .await
+            .map_err(|error| internal(&error.to_string()))?
+            .map(|grant| grant_view(grant, now()));
         let role_name = catalog
             .find(&request.role_key)
             .map(|role| role.display_name.clone())
@@ -145,7 +144,48 @@ mod server_side {
             approvals_required: request.approvals_required.max(1) as u32,
             events,
             requester_roles: Vec::new(),
+            extends_grant_id: request.extends_grant_id,
+            grant,
         })
+    }
+
+    pub fn now() -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    pub fn grant_view(grant: Grant, now: i64) -> GrantView {
+        let status = grant.status();
+        let open = status.is_open();
+        GrantView {
+            can_end: matches!(
+                status,
+                GrantStatus::Scheduled | GrantStatus::Applying | GrantStatus::Active
+            ) && grant.ends_at > now,
+            can_extend: matches!(status, GrantStatus::Applying | GrantStatus::Active)
+                && grant.ends_at > now,
+            id: grant.id,
+            request_id: grant.request_id,
+            username: grant.username,
+            role_key: grant.role_key,
+            status: grant.status,
+            starts: timestamp(grant.starts_at),
+            ends: timestamp(grant.ends_at),
+            outcome: grant.outcome.unwrap_or_default(),
+            last_error: if open {
+                grant.last_error.unwrap_or_default()
+            } else {
+                String::new()
+            },
+            attempts: u32::try_from(grant.attempts).unwrap_or(u32::MAX),
+            next_attempt: if open {
+                timestamp(grant.due_at)
+            } else {
+                String::new()
+            },
+            preexisting: grant.preexisting != 0,
+            still_effective: grant.still_effective != 0,
+            tokens_expire_by: grant.tokens_expire_by.map(timestamp).unwrap_or_default(),
+        }
     }
 
     /// Takes the flash message out of the session, so it shows once.
@@ -189,17 +229,30 @@ pub async fn list_catalog(query: String) -> Result<Vec<RoleView>, AccessError> {
         .collect())
 }
 
-/// Returns the form's role and the outcome of the last submit, if any.
+/// Returns the form's role, the caller's open grant of it (a new request then extends
+/// it), and the outcome of the last submit, if any.
 #[server(endpoint = "request_form")]
-pub async fn request_form(role: String) -> Result<(Option<RoleView>, Flash), AccessError> {
+pub async fn request_form(
+    role: String,
+) -> Result<(Option<RoleView>, Option<GrantView>, Flash), AccessError> {
     use crate::model::user::Persona;
     let user = crate::auth::require(Persona::Requester)?;
     let catalog = server_side::catalog()?;
+    let database = server_side::database()?;
     let view = catalog
         .find(&role)
         .filter(|entry| server_side::may_request(entry, &user))
         .map(|entry| server_side::role_view(entry, &user));
-    Ok((view, server_side::take_flash().await))
+    let grant = match &view {
+        Some(view) => {
+            crate::server::grants::store::open_grant_of(&database, &user.subject, &view.key)
+                .await
+                .map_err(|error| server_side::internal(&error.to_string()))?
+                .map(|grant| server_side::grant_view(grant, server_side::now()))
+        }
+        None => None,
+    };
+    Ok((view, grant, server_side::take_flash().await))
 }
 
 /// Returns the caller's requests, newest first, and the outcome of the last form post.
@@ -274,4 +327,60 @@ pub async fn flagged_requests() -> Result<Vec<(RequestView, String)>, AccessErro
         ));
     }
     Ok(views)
+}
+
+/// Returns the scheduler's view for admins: upcoming starts and ends, grants that failed or
+/// keep failing, and the reconciliation's open findings.
+#[server(endpoint = "grant_status")]
+pub async fn grant_status() -> Result<GrantStatusView, AccessError> {
+    use crate::model::request::FindingView;
+    use crate::model::user::Persona;
+    use crate::server::grants::store::{self as grants, GrantStatus};
+    crate::auth::require(Persona::Admin)?;
+    let database = server_side::database()?;
+    let now = server_side::now();
+    let fail = |error: crate::server::requests::store::StoreError| {
+        server_side::internal(&error.to_string())
+    };
+    let views = |list: Vec<grants::Grant>| -> Vec<GrantView> {
+        list.into_iter()
+            .map(|grant| server_side::grant_view(grant, now))
+            .collect()
+    };
+    let upcoming_starts = grants::list_by_status(&database, &[GrantStatus::Scheduled], 50)
+        .await
+        .map_err(fail)?;
+    let upcoming_ends = grants::list_by_status(
+        &database,
+        &[
+            GrantStatus::Applying,
+            GrantStatus::Active,
+            GrantStatus::Revoking,
+        ],
+        50,
+    )
+    .await
+    .map_err(fail)?;
+    let attention = grants::list_needing_attention(&database, 50)
+        .await
+        .map_err(fail)?;
+    let findings = crate::server::grants::reconcile::list_findings(&database, 100)
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .map(|finding| FindingView {
+            kind: finding.kind,
+            username: finding.username,
+            role_key: finding.role_key,
+            detail: finding.detail,
+            first_seen: server_side::timestamp(finding.first_seen),
+            last_seen: server_side::timestamp(finding.last_seen),
+        })
+        .collect();
+    Ok(GrantStatusView {
+        upcoming_starts: views(upcoming_starts),
+        upcoming_ends: views(upcoming_ends),
+        attention: views(attention),
+        findings,
+    })
 }

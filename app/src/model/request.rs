@@ -48,6 +48,58 @@ pub struct RequestView {
     pub events: Vec<EventView>,
     /// The requester's effective realm roles now, for approvers; empty elsewhere.
     pub requester_roles: Vec<String>,
+    /// The grant this request is asking to extend.
+    pub extends_grant_id: Option<String>,
+    /// The grant made from this request, once it is approved.
+    pub grant: Option<GrantView>,
+}
+
+/// A grant as the request pages and the admin status page show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    pub id: String,
+    pub request_id: String,
+    pub username: String,
+    pub role_key: String,
+    pub status: String,
+    pub starts: String,
+    pub ends: String,
+    /// Why the grant reached its final status, or what happened at its end.
+    pub outcome: String,
+    /// The last failed attempt's error while the scheduler retries.
+    pub last_error: String,
+    pub attempts: u32,
+    pub next_attempt: String,
+    /// The user held the role directly before the grant.
+    pub preexisting: bool,
+    /// The role stayed effective through a group or composite role after the revocation.
+    pub still_effective: bool,
+    /// When every access token issued before the revocation has expired.
+    pub tokens_expire_by: String,
+    /// The holder may end it now.
+    pub can_end: bool,
+    /// The holder may ask to extend it.
+    pub can_extend: bool,
+}
+
+/// A reconciliation finding on the admin status page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingView {
+    pub kind: String,
+    pub username: String,
+    pub role_key: String,
+    pub detail: String,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// The admin status page: what the scheduler will do next and what needs a person.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantStatusView {
+    pub upcoming_starts: Vec<GrantView>,
+    pub upcoming_ends: Vec<GrantView>,
+    pub attention: Vec<GrantView>,
+    pub findings: Vec<FindingView>,
 }
 
 /// A message for the page that a form post redirects to.

@@ -89,6 +89,7 @@ pub fn AuditPage() -> impl IntoView {
 #[component]
 pub fn AdminPage() -> impl IntoView {
     let flagged = Resource::new_blocking(|| (), |_| crate::api::requests::flagged_requests());
+    let status = Resource::new_blocking(|| (), |_| crate::api::requests::grant_status());
     view! {
         <RequirePersona
             persona=Persona::Admin
@@ -114,8 +115,94 @@ pub fn AdminPage() -> impl IntoView {
                             }
                         })}
                     </Suspense>
+                    <Suspense fallback=|| ()>
+                        {move || Suspend::new(async move {
+                            match status.await {
+                                Ok(status) => view! { <GrantStatusSections status /> }.into_any(),
+                                Err(error) => view! { <ErrorNotice message=error.to_string() /> }.into_any(),
+                            }
+                        })}
+                    </Suspense>
                 }
             }
         />
+    }
+}
+
+/// The scheduler's status for admins, one table per section.
+#[component]
+fn GrantStatusSections(status: crate::model::request::GrantStatusView) -> impl IntoView {
+    use crate::model::request::GrantView;
+    fn table(
+        title: &'static str,
+        testid: &'static str,
+        empty: &'static str,
+        grants: Vec<GrantView>,
+        when: fn(&GrantView) -> String,
+    ) -> impl IntoView {
+        view! {
+            <section class="card" data-testid=testid>
+                <h2>{title}</h2>
+                {if grants.is_empty() {
+                    view! { <p class="muted">{empty}</p> }.into_any()
+                } else {
+                    view! {
+                        <table>
+                            <thead><tr><th>"User"</th><th>"Role"</th><th>"Status"</th><th>"When"</th><th>"Details"</th></tr></thead>
+                            <tbody>
+                                {grants.into_iter().map(|grant| {
+                                    let details = [grant.outcome.clone(), grant.last_error.clone()]
+                                        .into_iter()
+                                        .filter(|text| !text.is_empty())
+                                        .chain(grant.still_effective.then(|| "still effective through a group or composite role".to_owned()))
+                                        .collect::<Vec<_>>()
+                                        .join("; ");
+                                    view! {
+                                        <tr data-testid="grant-row" data-grant-id=grant.id.clone() data-role=grant.role_key.clone()>
+                                            <td>{grant.username.clone()}</td>
+                                            <td>{grant.role_key.clone()}</td>
+                                            <td>{grant.status.clone()}</td>
+                                            <td>{when(&grant)}</td>
+                                            <td>{details}</td>
+                                        </tr>
+                                    }
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any()
+                }}
+            </section>
+        }
+    }
+    view! {
+        {table("Grants that need an administrator", "grants-attention", "No grant is failing.", status.attention, |grant| {
+            if grant.last_error.is_empty() { grant.ends.clone() } else { format!("next attempt {}", grant.next_attempt) }
+        })}
+        {table("Upcoming starts", "grants-starting", "No grant is waiting to start.", status.upcoming_starts, |grant| grant.starts.clone())}
+        {table("Upcoming ends", "grants-ending", "No grant is active.", status.upcoming_ends, |grant| grant.ends.clone())}
+        <section class="card" data-testid="findings">
+            <h2>"Reconciliation findings"</h2>
+            {if status.findings.is_empty() {
+                view! { <p class="muted">"Keycloak matches the grants."</p> }.into_any()
+            } else {
+                view! {
+                    <table>
+                        <thead><tr><th>"Finding"</th><th>"User"</th><th>"Role"</th><th>"Details"</th><th>"First seen"</th><th>"Last seen"</th></tr></thead>
+                        <tbody>
+                            {status.findings.into_iter().map(|finding| view! {
+                                <tr data-testid="finding" data-kind=finding.kind.clone() data-role=finding.role_key.clone()>
+                                    <td>{finding.kind.clone()}</td>
+                                    <td>{finding.username}</td>
+                                    <td>{finding.role_key.clone()}</td>
+                                    <td>{finding.detail}</td>
+                                    <td>{finding.first_seen}</td>
+                                    <td>{finding.last_seen}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any()
+            }}
+        </section>
     }
 }

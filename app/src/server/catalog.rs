@@ -47,6 +47,10 @@ struct RoleEntry {
     approval_timeout: String,
     #[serde(default)]
     auto_approve: Option<Audience>,
+    #[serde(default)]
+    end_sessions: bool,
+    #[serde(default)]
+    jit_only: bool,
 }
 
 fn one() -> u32 {
@@ -122,6 +126,26 @@ pub struct CatalogRole {
     pub ticket_pattern: Option<regex::Regex>,
     pub approval_timeout: Duration,
     pub auto_approve: Option<Audience>,
+    /// End the user's Keycloak sessions when a grant of this role ends, so that tokens
+    /// already issued are not refreshed.
+    pub end_sessions: bool,
+    /// Only grants may hold this role: the reconciliation removes any other mapping of it.
+    pub jit_only: bool,
+}
+
+impl CatalogRole {
+    /// The Keycloak role that a grant of this entry maps.
+    pub fn grant_target(&self) -> crate::server::grants::store::GrantTarget {
+        let (client_id, role_name) = match &self.role {
+            KeycloakRole::Realm(name) => (None, name.clone()),
+            KeycloakRole::Client(client, name) => (Some(client.clone()), name.clone()),
+        };
+        crate::server::grants::store::GrantTarget {
+            client_id,
+            role_name,
+            end_sessions: self.end_sessions,
+        }
+    }
 }
 
 /// The requestable roles, in file order.
@@ -393,6 +417,8 @@ fn check_entry(entry: RoleEntry) -> Result<CatalogRole, Vec<String>> {
                 ticket_pattern,
                 approval_timeout,
                 auto_approve: entry.auto_approve.filter(|audience| !audience.is_empty()),
+                end_sessions: entry.end_sessions,
+                jit_only: entry.jit_only,
             })
         }
         _ => Err(problems),

@@ -88,6 +88,11 @@ impl KeycloakAdmin {
         }
     }
 
+    /// The `clientId` of the portal's service account.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     async fn token(&self, renew: bool) -> Result<String, AdminError> {
         let mut cached = self.token.lock().await;
         if let Some(token) = cached.as_ref() {
@@ -137,6 +142,18 @@ impl KeycloakAdmin {
         segments: &[&str],
         query: &[(&str, &str)],
     ) -> Result<reqwest::Response, AdminError> {
+        self.send(reqwest::Method::GET, segments, query, None).await
+    }
+
+    /// Sends `method {admin}/realms/{realm}/{segments…}` with an optional JSON body and returns
+    /// the response; a 401 fetches a new token and retries once.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, AdminError> {
         let path: Vec<String> = segments.iter().map(|part| segment(part)).collect();
         let url = format!(
             "{}/admin/realms/{}/{}",
@@ -144,15 +161,20 @@ impl KeycloakAdmin {
             segment(&self.realm),
             path.join("/")
         );
-        let what = format!("GET {url}");
+        let url = url.trim_end_matches('/').to_owned();
+        let what = format!("{method} {url}");
         let mut renew = false;
         loop {
             let token = self.token(renew).await?;
-            let response = self
+            let mut builder = self
                 .http
-                .get(&url)
+                .request(method.clone(), &url)
                 .query(query)
-                .bearer_auth(token)
+                .bearer_auth(token);
+            if let Some(body) = body {
+                builder = builder.json(body);
+            }
+            let response = builder
                 .send()
                 .await
                 .map_err(|error| AdminError::Transport {
@@ -347,6 +369,240 @@ impl KeycloakAdmin {
                 return Ok(paths);
             }
         }
+    }
+}
+
+/// A Keycloak role as the Admin API knows it: its id and name, and the internal id of its
+/// client for a client role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleRef {
+    pub id: String,
+    pub name: String,
+    /// `None` for a realm role.
+    pub client_uuid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FullRoleRepresentation {
+    id: String,
+    name: String,
+    #[serde(default, rename = "clientRole")]
+    client_role: bool,
+    #[serde(default, rename = "containerId")]
+    container_id: Option<String>,
+}
+
+impl FullRoleRepresentation {
+    fn into_ref(self) -> RoleRef {
+        RoleRef {
+            client_uuid: self.client_role.then_some(self.container_id).flatten(),
+            id: self.id,
+            name: self.name,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct UserRepresentation {
+    id: String,
+    #[serde(default)]
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct RealmRepresentation {
+    #[serde(default, rename = "accessTokenLifespan")]
+    access_token_lifespan: Option<i64>,
+}
+
+/// What a role-mapping write returned: the method, path and status, as the audit log
+/// records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeycloakAnswer(pub String);
+
+impl KeycloakAdmin {
+    /// Path of `user_id`'s direct mappings for the realm or for `role`'s client.
+    fn mapping_path<'a>(user_id: &'a str, role: &'a RoleRef) -> Vec<&'a str> {
+        match &role.client_uuid {
+            None => vec!["users", user_id, "role-mappings", "realm"],
+            Some(client) => vec!["users", user_id, "role-mappings", "clients", client],
+        }
+    }
+
+    /// Looks up `role` by name. `None` when the role (or its client) does not exist.
+    pub async fn find_role(&self, role: &KeycloakRole) -> Result<Option<RoleRef>, AdminError> {
+        let (segments, hint): (Vec<String>, &'static str) = match role {
+            KeycloakRole::Realm(name) => (vec!["roles".into(), name.clone()], "view-realm"),
+            KeycloakRole::Client(client, name) => match self.client_uuid(client).await? {
+                Some(uuid) => (
+                    vec!["clients".into(), uuid, "roles".into(), name.clone()],
+                    "view-clients",
+                ),
+                None => return Ok(None),
+            },
+        };
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let what = format!("GET …/{}", segments.join("/"));
+        let response = self.get(&segments, &[]).await?;
+        let found: Option<FullRoleRepresentation> = read_json(response, &what, hint).await?;
+        Ok(found.map(FullRoleRepresentation::into_ref))
+    }
+
+    /// Reads role `id` again, so a write uses the role's current name. `None` once the role
+    /// has been deleted.
+    pub async fn role_by_id(&self, id: &str) -> Result<Option<RoleRef>, AdminError> {
+        let response = self.get(&["roles-by-id", id], &[]).await?;
+        let found: Option<FullRoleRepresentation> =
+            read_json(response, "GET …/roles-by-id/{id}", "view-realm").await?;
+        Ok(found.map(FullRoleRepresentation::into_ref))
+    }
+
+    /// Returns whether user `user_id` has `role` mapped directly (not through a group or a
+    /// composite role). `None` when the user does not exist.
+    pub async fn has_direct_mapping(
+        &self,
+        user_id: &str,
+        role: &RoleRef,
+    ) -> Result<Option<bool>, AdminError> {
+        let segments = Self::mapping_path(user_id, role);
+        let response = self.get(&segments, &[]).await?;
+        let roles: Option<Vec<IdRepresentation>> =
+            read_json(response, "GET …/users/{id}/role-mappings", "view-users").await?;
+        Ok(roles.map(|roles| roles.iter().any(|mapped| mapped.id == role.id)))
+    }
+
+    /// Returns whether `role` is effective for `user_id` in any way: directly, through a
+    /// group, or inside a composite role. `None` when the user does not exist.
+    pub async fn has_effective_role(
+        &self,
+        user_id: &str,
+        role: &RoleRef,
+    ) -> Result<Option<bool>, AdminError> {
+        let mut segments = Self::mapping_path(user_id, role);
+        segments.push("composite");
+        let response = self.get(&segments, &[]).await?;
+        let roles: Option<Vec<IdRepresentation>> =
+            read_json(response, "GET …/role-mappings/…/composite", "view-users").await?;
+        Ok(roles.map(|roles| roles.iter().any(|mapped| mapped.id == role.id)))
+    }
+
+    /// Adds (`POST`) or removes (`DELETE`) the direct mapping of `role` to `user_id`. The body
+    /// is always a one-element array: Keycloak reads a missing DELETE body as "remove every
+    /// mapping". Returns Keycloak's answer; a 404 means the user or role no longer exists.
+    pub async fn write_mapping(
+        &self,
+        method: reqwest::Method,
+        user_id: &str,
+        role: &RoleRef,
+    ) -> Result<KeycloakAnswer, AdminError> {
+        let segments = Self::mapping_path(user_id, role);
+        let body = serde_json::json!([{ "id": role.id, "name": role.name }]);
+        let what = format!("{method} …/users/{{id}}/role-mappings");
+        let response = self.send(method, &segments, &[], Some(&body)).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(KeycloakAnswer(format!("{what} returned {status}")));
+        }
+        if status == StatusCode::FORBIDDEN {
+            return Err(AdminError::Forbidden {
+                what,
+                hint: "manage-users",
+            });
+        }
+        Err(AdminError::Status { what, status })
+    }
+
+    /// Ends every Keycloak session of `user_id` (`POST /users/{id}/logout`).
+    pub async fn logout_user(&self, user_id: &str) -> Result<KeycloakAnswer, AdminError> {
+        let what = "POST …/users/{id}/logout".to_owned();
+        let response = self
+            .send(
+                reqwest::Method::POST,
+                &["users", user_id, "logout"],
+                &[],
+                None,
+            )
+            .await?;
+        let status = response.status();
+        match status {
+            status if status.is_success() => {
+                Ok(KeycloakAnswer(format!("{what} returned {status}")))
+            }
+            StatusCode::FORBIDDEN => Err(AdminError::Forbidden {
+                what,
+                hint: "manage-users",
+            }),
+            status => Err(AdminError::Status { what, status }),
+        }
+    }
+
+    /// Returns the users that have `role` mapped directly, as (id, username), reading every
+    /// page.
+    pub async fn role_holders(&self, role: &RoleRef) -> Result<Vec<(String, String)>, AdminError> {
+        const PAGE: usize = 100;
+        let base: Vec<&str> = match &role.client_uuid {
+            None => vec!["roles", &role.name, "users"],
+            Some(client) => vec!["clients", client, "roles", &role.name, "users"],
+        };
+        let what = "GET …/roles/{name}/users";
+        let mut holders = Vec::new();
+        loop {
+            let first = holders.len().to_string();
+            let max = PAGE.to_string();
+            let query = [
+                ("first", first.as_str()),
+                ("max", max.as_str()),
+                ("briefRepresentation", "true"),
+            ];
+            let response = self.get(&base, &query).await?;
+            let page: Vec<UserRepresentation> =
+                require_found(read_json(response, what, "view-users").await?, what)?;
+            let short = page.len() < PAGE;
+            holders.extend(page.into_iter().map(|user| (user.id, user.username)));
+            if short {
+                return Ok(holders);
+            }
+        }
+    }
+
+    /// Returns the realm's access-token lifespan in seconds (300 when the realm does not say).
+    pub async fn access_token_lifespan(&self) -> Result<i64, AdminError> {
+        let response = self.get(&[], &[]).await?;
+        let realm: RealmRepresentation = require_found(
+            read_json(response, "GET …/realms/{realm}", "view-realm").await?,
+            "GET …/realms/{realm}",
+        )?;
+        Ok(realm.access_token_lifespan.unwrap_or(300))
+    }
+
+    /// Returns the `realm-management` roles in the service account's access token, to check
+    /// at start-up that the portal may do its work.
+    pub async fn service_account_roles(&self) -> Result<Vec<String>, AdminError> {
+        use base64::Engine as _;
+        let token = self.token(false).await?;
+        let payload = token
+            .split('.')
+            .nth(1)
+            .ok_or_else(|| AdminError::Token("the service-account token is not a JWT".into()))?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .map_err(|error| {
+                AdminError::Token(format!("the token payload is not base64: {error}"))
+            })?;
+        let claims: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
+            AdminError::Token(format!("the token payload is not JSON: {error}"))
+        })?;
+        let roles = claims
+            .pointer("/resource_access/realm-management/roles")
+            .and_then(serde_json::Value::as_array)
+            .map(|roles| {
+                roles
+                    .iter()
+                    .filter_map(|role| role.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(roles)
     }
 }
 

@@ -5,6 +5,7 @@
 mod catalog;
 mod database;
 mod fake_keycloak;
+mod grants;
 mod oidc;
 mod probes;
 mod requests;

@@ -1,5 +1,6 @@
 //! Request storage and its audit log, on SQLite and on PostgreSQL.
 
+use app::server::grants::store::GrantTarget;
 use app::server::requests::rules::{Decision, DecisionError, RequestStatus};
 use app::server::requests::store::{self, Actor, NewRequest, StoreError};
 use server::db::Database;
@@ -26,6 +27,16 @@ fn new_request(approvals_required: u32) -> NewRequest {
         approvals_required,
         approval_deadline: NOW + 600,
         auto_approved: false,
+        target: target(),
+        extends_grant_id: None,
+    }
+}
+
+fn target() -> GrantTarget {
+    GrantTarget {
+        client_id: None,
+        role_name: "db-admin".into(),
+        end_sessions: false,
     }
 }
 
@@ -66,6 +77,7 @@ async fn two_approvals_flow(database: &Database) {
         true,
         Decision::Approve,
         "",
+        &target(),
         NOW,
     )
     .await;
@@ -74,9 +86,29 @@ async fn two_approvals_flow(database: &Database) {
         "{own:?}"
     );
 
-    let first = store::decide(database, &id, &bob, true, Decision::Approve, "ok", NOW + 1).await;
+    let first = store::decide(
+        database,
+        &id,
+        &bob,
+        true,
+        Decision::Approve,
+        "ok",
+        &target(),
+        NOW + 1,
+    )
+    .await;
     assert_eq!(first.unwrap(), RequestStatus::Pending);
-    let twice = store::decide(database, &id, &bob, true, Decision::Approve, "", NOW + 2).await;
+    let twice = store::decide(
+        database,
+        &id,
+        &bob,
+        true,
+        Decision::Approve,
+        "",
+        &target(),
+        NOW + 2,
+    )
+    .await;
     assert!(
         matches!(
             twice,
@@ -91,6 +123,7 @@ async fn two_approvals_flow(database: &Database) {
         true,
         Decision::Approve,
         "fine",
+        &target(),
         NOW + 3,
     )
     .await;
@@ -107,6 +140,7 @@ async fn two_approvals_flow(database: &Database) {
         true,
         Decision::Deny,
         "",
+        &target(),
         NOW + 4,
     )
     .await;
@@ -125,6 +159,7 @@ async fn two_approvals_flow(database: &Database) {
             step("request_created", None, "pending"),
             step("request_approved", Some("pending"), "pending"),
             step("request_approved", Some("pending"), "approved"),
+            step("grant_scheduled", Some("scheduled"), "scheduled"),
         ]
     );
 }
@@ -150,6 +185,7 @@ async fn duplicate_and_expiry(database: &Database) {
         true,
         Decision::Approve,
         "",
+        &target(),
         NOW + 601,
     )
     .await;
@@ -212,6 +248,7 @@ async fn failed_decision_writes_nothing(database: &Database) {
         false,
         Decision::Approve,
         "",
+        &target(),
         NOW,
     )
     .await;

@@ -2,6 +2,7 @@
 //! transaction, so the log never misses a change and never records one that was rolled back.
 
 use crate::server::db::Database;
+use crate::server::grants::store::{insert_grant, GrantSource, GrantTarget};
 use crate::server::requests::rules::{self, Decision, DecisionError, RequestFacts, RequestStatus};
 use crate::with_pool;
 
@@ -26,6 +27,10 @@ pub struct NewRequest {
     /// The requester belongs to the role's auto-approve audience: the request is stored as
     /// approved, with its own audit event.
     pub auto_approved: bool,
+    /// The Keycloak role the grant will map once the request is approved.
+    pub target: GrantTarget,
+    /// The requester's open grant that this request extends.
+    pub extends_grant_id: Option<String>,
 }
 
 /// A stored request, as lists read it.
@@ -46,11 +51,12 @@ pub struct StoredRequest {
     pub approvals: i64,
     /// Why the request needs an administrator, when it does.
     pub needs_admin_reason: Option<String>,
+    pub extends_grant_id: Option<String>,
 }
 
 const SELECT_REQUESTS: &str = "select r.id, r.requester_subject, r.requester_username, r.role_key, \
     r.duration_seconds, r.starts_at, r.justification, r.ticket, r.status, r.approvals_required, \
-    r.approval_deadline, r.created_at, r.needs_admin_reason, \
+    r.approval_deadline, r.created_at, r.needs_admin_reason, r.extends_grant_id, \
     (select count(*) from approval a where a.request_id = r.id and a.decision = 'approve') as approvals \
     from access_request r";
 
@@ -102,6 +108,19 @@ pub enum StoreError {
     DuplicatePending(String),
     #[error("request {0} not found")]
     NotFound(String),
+    #[error(
+        "you already hold `{role_key}` until {} (grant {grant_id}): ask to extend that grant instead",
+        crate::server::format_time(*until)
+    )]
+    OverlappingGrant {
+        role_key: String,
+        grant_id: String,
+        until: i64,
+    },
+    #[error("grant {0} cannot be extended: it is not your active grant of this role")]
+    NotExtendable(String),
+    #[error(transparent)]
+    GrantAction(#[from] crate::server::grants::store::GrantActionError),
     #[error(transparent)]
     Decision(#[from] DecisionError),
     #[error(transparent)]
@@ -144,14 +163,53 @@ pub async fn create(
     } else {
         RequestStatus::Pending
     };
-    let result: Result<(), sqlx::Error> = with_pool!(database, |pool| {
+    let result: Result<(), StoreError> = with_pool!(database, |pool| {
         async {
             let mut tx = pool.begin().await?;
+            match &request.extends_grant_id {
+                Some(parent) => {
+                    let row: Option<(String, String, String)> = sqlx::query_as(
+                        "select subject, role_key, status from access_grant where id = $1",
+                    )
+                    .bind(parent)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let extendable = row.is_some_and(|(subject, role_key, status)| {
+                        subject == request.requester.subject
+                            && role_key == request.role_key
+                            && matches!(status.as_str(), "applying" | "active")
+                    });
+                    if !extendable {
+                        return Err(StoreError::NotExtendable(parent.clone()));
+                    }
+                }
+                None => {
+                    let starts_at = request.starts_at.unwrap_or(now).max(now);
+                    let overlap: Option<(String, i64)> = sqlx::query_as(
+                        "select id, ends_at from access_grant where subject = $1 and role_key = $2 \
+                         and status in ('scheduled', 'applying', 'active', 'revoking') \
+                         and starts_at < $3 and ends_at > $4 order by ends_at desc limit 1",
+                    )
+                    .bind(&request.requester.subject)
+                    .bind(&request.role_key)
+                    .bind(starts_at + request.duration_seconds)
+                    .bind(starts_at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some((grant_id, until)) = overlap {
+                        return Err(StoreError::OverlappingGrant {
+                            role_key: request.role_key.clone(),
+                            grant_id,
+                            until,
+                        });
+                    }
+                }
+            }
             sqlx::query(
                 "insert into access_request (id, requester_subject, requester_username, role_key, \
                  duration_seconds, starts_at, justification, ticket, status, approvals_required, \
-                 approval_deadline, created_at, updated_at) \
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+                 approval_deadline, created_at, updated_at, extends_grant_id) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
             )
             .bind(&id)
             .bind(&request.requester.subject)
@@ -165,14 +223,20 @@ pub async fn create(
             .bind(i64::from(request.approvals_required))
             .bind(request.approval_deadline)
             .bind(now)
+            .bind(&request.extends_grant_id)
             .execute(&mut *tx)
             .await?;
+            let action = if request.extends_grant_id.is_some() {
+                "extension_requested"
+            } else {
+                "request_created"
+            };
             sqlx::query(INSERT_AUDIT)
                 .bind(now)
                 .bind(&request.requester.subject)
                 .bind(&request.requester.username)
                 .bind(&id)
-                .bind("request_created")
+                .bind(action)
                 .bind(None::<String>)
                 .bind(RequestStatus::Pending.as_str())
                 .bind(&request.justification)
@@ -190,22 +254,34 @@ pub async fn create(
                     .bind("the requester is in the role's auto-approve audience")
                     .execute(&mut *tx)
                     .await?;
+                let source = GrantSource {
+                    request_id: &id,
+                    subject: &request.requester.subject,
+                    username: &request.requester.username,
+                    role_key: &request.role_key,
+                    duration_seconds: request.duration_seconds,
+                    starts_at: request.starts_at,
+                    extends_grant_id: request.extends_grant_id.as_deref(),
+                };
+                insert_grant!(tx, &source, &request.target, now)?;
             }
-            tx.commit().await
+            tx.commit().await?;
+            Ok(())
         }
         .await
     });
     match result {
         Ok(()) => Ok(id),
-        Err(error) if is_unique_violation(&error) => {
+        Err(StoreError::Database(error)) if is_unique_violation(&error) => {
             Err(StoreError::DuplicatePending(request.role_key.clone()))
         }
-        Err(error) => Err(error.into()),
+        Err(error) => Err(error),
     }
 }
 
 /// Records `decision` by `approver` on request `id` at `now`, with the rules applied to the
 /// request as stored inside the same transaction. Returns the status afterwards.
+#[allow(clippy::too_many_arguments)]
 pub async fn decide(
     database: &Database,
     id: &str,
@@ -213,6 +289,7 @@ pub async fn decide(
     approver_eligible: bool,
     decision: Decision,
     comment: &str,
+    target: &GrantTarget,
     now: i64,
 ) -> Result<RequestStatus, StoreError> {
     // NOTE: two approvers deciding one request at the same instant are serialised by the
@@ -224,20 +301,34 @@ pub async fn decide(
         Database::Postgres(_) => " for update",
     };
     let select = format!(
-        "select requester_subject, status, approvals_required, approval_deadline \
+        "select requester_subject, status, approvals_required, approval_deadline, \
+         requester_username, role_key, duration_seconds, starts_at, extends_grant_id \
          from access_request where id = $1{row_lock}"
     );
     with_pool!(database, |pool| {
         async {
             let mut tx = pool.begin().await?;
-            let row: Option<(String, String, i64, i64)> = sqlx::query_as(&select)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some((requester_subject, status, approvals_required, approval_deadline)) = row
+            #[allow(clippy::type_complexity)]
+            let row: Option<(String, String, i64, i64, String, String, i64, Option<i64>, Option<String>)> =
+                sqlx::query_as(&select)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((
+                requester_subject,
+                status,
+                approvals_required,
+                approval_deadline,
+                requester_username,
+                role_key,
+                duration_seconds,
+                starts_at,
+                extends_grant_id,
+            )) = row
             else {
                 return Err(StoreError::NotFound(id.to_owned()));
             };
+            let grant_requester = requester_subject.clone();
             let approved_by: Vec<String> = sqlx::query_scalar(
                 "select approver_subject from approval where request_id = $1 and decision = 'approve'",
             )
@@ -289,6 +380,18 @@ pub async fn decide(
                 .bind(comment)
                 .execute(&mut *tx)
                 .await?;
+            if outcome.status == RequestStatus::Approved && from != RequestStatus::Approved {
+                let source = GrantSource {
+                    request_id: id,
+                    subject: &grant_requester,
+                    username: &requester_username,
+                    role_key: &role_key,
+                    duration_seconds,
+                    starts_at,
+                    extends_grant_id: extends_grant_id.as_deref(),
+                };
+                insert_grant!(tx, &source, target, now)?;
+            }
             tx.commit().await?;
             Ok(outcome.status)
         }

@@ -24,6 +24,9 @@ pub struct RequestForm {
     pub starts_at: String,
     pub justification: String,
     pub ticket: String,
+    /// Id of the active grant this request extends; empty for a new grant.
+    #[serde(default)]
+    pub extends: String,
 }
 
 /// Field errors keyed by form field name.
@@ -207,6 +210,7 @@ ticket_pattern = "^[A-Z]+-[0-9]+$"
             starts_at: String::new(),
             justification: "restore the orders table".into(),
             ticket: "OPS-42".into(),
+            extends: String::new(),
         }
     }
 

@@ -1,0 +1,398 @@
+//! Reconciliation: compares the active grants with the mappings Keycloak holds for every
+//! catalog role.
+//!
+//! - An active grant whose mapping is missing (removed by hand in Keycloak, say) gets it
+//!   back, under the grant's lease so the scheduler cannot be revoking it at that moment.
+//! - A direct mapping of a catalog role that no open grant explains is standing access. It
+//!   is reported, and removed when the catalog marks the role `jit_only`.
+//!
+//! Each new finding is an audit event and a row that the admin status page lists until the
+//! next run no longer sees it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::mappings::RoleMappings;
+use super::store::{grant_audit, Grant, GrantEvent, GrantStatus, GRANT_COLUMNS};
+use crate::server::catalog::{current, CatalogHandle};
+use crate::server::db::Database;
+use crate::server::requests::store::StoreError;
+use crate::with_pool;
+
+/// A finding as the status page lists it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Finding {
+    pub id: i64,
+    pub subject: String,
+    pub username: String,
+    pub role_key: String,
+    pub kind: String,
+    pub detail: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// Counts of one reconciliation run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub roles_checked: usize,
+    pub restored: usize,
+    pub standing: usize,
+    pub removed: usize,
+    /// Roles that could not be read, with the error.
+    pub errors: Vec<String>,
+}
+
+pub struct Reconciler {
+    database: Database,
+    mappings: Arc<dyn RoleMappings>,
+    catalog: CatalogHandle,
+    /// The scheduler's lease owner name, so a restore holds the grant like a step does.
+    owner: String,
+    lease_seconds: i64,
+}
+
+impl Reconciler {
+    pub fn new(
+        database: Database,
+        mappings: Arc<dyn RoleMappings>,
+        catalog: CatalogHandle,
+        owner: String,
+        lease_seconds: i64,
+    ) -> Self {
+        Self {
+            database,
+            mappings,
+            catalog,
+            owner,
+            lease_seconds,
+        }
+    }
+
+    /// Runs one comparison at time `now`.
+    pub async fn run(&self, now: i64) -> Result<Summary, StoreError> {
+        let catalog = current(&self.catalog);
+        let mut summary = Summary::default();
+        let mut seen: HashSet<(String, String, &'static str)> = HashSet::new();
+        for role in &catalog.roles {
+            let role_ref = match self.mappings.find_role(&role.role).await {
+                Ok(Some(role_ref)) => role_ref,
+                Ok(None) => {
+                    summary.errors.push(format!(
+                        "{}: {} does not exist in Keycloak",
+                        role.key, role.role
+                    ));
+                    continue;
+                }
+                Err(failure) => {
+                    summary
+                        .errors
+                        .push(format!("{}: {}", role.key, failure.message()));
+                    continue;
+                }
+            };
+            let holders = match self.mappings.role_holders(&role_ref).await {
+                Ok(holders) => holders,
+                Err(failure) => {
+                    summary
+                        .errors
+                        .push(format!("{}: {}", role.key, failure.message()));
+                    continue;
+                }
+            };
+            summary.roles_checked += 1;
+            let holder_ids: HashMap<&str, &str> = holders
+                .iter()
+                .map(|(id, username)| (id.as_str(), username.as_str()))
+                .collect();
+            let open = self.open_grants(&role.key).await?;
+            let explained: HashSet<&str> =
+                open.iter().map(|grant| grant.subject.as_str()).collect();
+
+            for grant in &open {
+                let applied = grant.status() == GrantStatus::Active
+                    && grant.preexisting == 0
+                    && grant.ends_at > now;
+                if applied
+                    && !holder_ids.contains_key(grant.subject.as_str())
+                    && self.restore(grant, &role_ref, now).await?
+                {
+                    summary.restored += 1;
+                    seen.insert((grant.subject.clone(), role.key.clone(), "restored"));
+                }
+            }
+            for (subject, username) in &holders {
+                if explained.contains(subject.as_str()) {
+                    continue;
+                }
+                // Read again: a grant may have started since the list was taken.
+                if self.has_open_grant(subject, &role.key).await? {
+                    continue;
+                }
+                if role.jit_only {
+                    match self.mappings.remove_mapping(subject, &role_ref).await {
+                        Ok(answer) => {
+                            let detail = format!(
+                                "{} held {} without a grant; removed because the role is JIT-only. Keycloak: {}",
+                                username, role.role, answer.0
+                            );
+                            self.record(subject, username, &role.key, "removed", &detail, now)
+                                .await?;
+                            seen.insert((subject.clone(), role.key.clone(), "removed"));
+                            summary.removed += 1;
+                        }
+                        Err(failure) => summary.errors.push(format!(
+                            "{}: removing the standing mapping of {username} failed: {}",
+                            role.key,
+                            failure.message()
+                        )),
+                    }
+                } else {
+                    let detail = format!("{username} holds {} directly without a grant", role.role);
+                    self.record(
+                        subject,
+                        username,
+                        &role.key,
+                        "standing_access",
+                        &detail,
+                        now,
+                    )
+                    .await?;
+                    seen.insert((subject.clone(), role.key.clone(), "standing_access"));
+                    summary.standing += 1;
+                }
+            }
+        }
+        self.resolve_unseen(&seen, &summary, now).await?;
+        Ok(summary)
+    }
+
+    async fn open_grants(&self, role_key: &str) -> Result<Vec<Grant>, StoreError> {
+        let sql = format!(
+            "select {GRANT_COLUMNS} from access_grant where role_key = $1 \
+             and status in ('applying', 'active', 'revoking')"
+        );
+        let grants = with_pool!(&self.database, |pool| {
+            sqlx::query_as::<_, Grant>(&sql)
+                .bind(role_key)
+                .fetch_all(pool)
+                .await
+        })?;
+        Ok(grants)
+    }
+
+    async fn has_open_grant(&self, subject: &str, role_key: &str) -> Result<bool, StoreError> {
+        let found: Option<String> = with_pool!(&self.database, |pool| {
+            sqlx::query_scalar(
+                "select id from access_grant where subject = $1 and role_key = $2 \
+                 and status in ('applying', 'active', 'revoking') limit 1",
+            )
+            .bind(subject)
+            .bind(role_key)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(found.is_some())
+    }
+
+    /// Puts back the missing mapping of active grant `grant`, holding its lease meanwhile.
+    /// Returns whether it was restored.
+    async fn restore(
+        &self,
+        grant: &Grant,
+        role_ref: &crate::server::keycloak::RoleRef,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let leased = with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "update access_grant set lease_owner = $1, lease_expires_at = $2 \
+                 where id = $3 and status = 'active' and ends_at > $4 \
+                 and (lease_expires_at is null or lease_expires_at <= $4)",
+            )
+            .bind(&self.owner)
+            .bind(now + self.lease_seconds)
+            .bind(&grant.id)
+            .bind(now + 1)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        if leased == 0 {
+            return Ok(false);
+        }
+        let outcome = match self
+            .mappings
+            .has_direct_mapping(&grant.subject, role_ref)
+            .await
+        {
+            Ok(Some(true)) => None,
+            Ok(_) => Some(self.mappings.add_mapping(&grant.subject, role_ref).await),
+            Err(failure) => Some(Err(failure)),
+        };
+        let restored = match outcome {
+            None => false,
+            Some(Ok(answer)) => {
+                let comment = format!(
+                    "the mapping was missing in Keycloak and was added again. Keycloak: {}",
+                    answer.0
+                );
+                with_pool!(&self.database, |pool| {
+                    async {
+                        let mut tx = pool.begin().await?;
+                        let event = GrantEvent {
+                            actor: None,
+                            action: "grant_mapping_restored",
+                            from: GrantStatus::Active,
+                            to: GrantStatus::Active,
+                            comment: &comment,
+                        };
+                        grant_audit!(tx, now, &grant.request_id, &grant.id, &event)?;
+                        tx.commit().await?;
+                        Ok::<(), sqlx::Error>(())
+                    }
+                    .await
+                })?;
+                self.record(
+                    &grant.subject,
+                    &grant.username,
+                    &grant.role_key,
+                    "restored",
+                    &format!("grant {}: {comment}", grant.id),
+                    now,
+                )
+                .await?;
+                tracing::warn!(grant_id = %grant.id, request_id = %grant.request_id, "restored a missing mapping of an active grant");
+                true
+            }
+            Some(Err(failure)) => {
+                tracing::warn!(grant_id = %grant.id, error = %failure.message(), "restoring a missing mapping failed; the next run tries again");
+                false
+            }
+        };
+        with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "update access_grant set lease_owner = null, lease_expires_at = null \
+                 where id = $1 and lease_owner = $2",
+            )
+            .bind(&grant.id)
+            .bind(&self.owner)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(restored)
+    }
+
+    /// Stores a finding: a new one gets a row and an audit event, a known one a new
+    /// `last_seen`.
+    async fn record(
+        &self,
+        subject: &str,
+        username: &str,
+        role_key: &str,
+        kind: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.database, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let known = sqlx::query(
+                    "update reconcile_finding set last_seen = $1, detail = $2 \
+                     where subject = $3 and role_key = $4 and kind = $5 and resolved_at is null",
+                )
+                .bind(now)
+                .bind(detail)
+                .bind(subject)
+                .bind(role_key)
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+                if known.rows_affected() == 0 {
+                    sqlx::query(
+                        "insert into reconcile_finding (subject, username, role_key, kind, detail, \
+                         first_seen, last_seen) values ($1, $2, $3, $4, $5, $6, $6)",
+                    )
+                    .bind(subject)
+                    .bind(username)
+                    .bind(role_key)
+                    .bind(kind)
+                    .bind(detail)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    let action = match kind {
+                        "removed" => "standing_access_removed",
+                        "restored" => "drift_mapping_restored",
+                        _ => "standing_access_found",
+                    };
+                    sqlx::query(
+                        "insert into audit_event (occurred_at, actor_subject, actor_username, \
+                         request_id, grant_id, action, from_status, to_status, comment) \
+                         values ($1, null, null, null, null, $2, null, null, $3)",
+                    )
+                    .bind(now)
+                    .bind(action)
+                    .bind(format!("{role_key} / {subject}: {detail}"))
+                    .execute(&mut *tx)
+                    .await?;
+                    tracing::warn!(role = %role_key, %subject, kind, %detail, "reconciliation finding");
+                }
+                tx.commit().await
+            }
+            .await
+        })?;
+        Ok(())
+    }
+
+    /// Closes the open standing-access findings that this run did not see again. Roles that
+    /// could not be read keep their findings open.
+    async fn resolve_unseen(
+        &self,
+        seen: &HashSet<(String, String, &'static str)>,
+        summary: &Summary,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let open = list_findings(&self.database, 1000).await?;
+        for finding in open {
+            if summary
+                .errors
+                .iter()
+                .any(|error| error.starts_with(&format!("{}:", finding.role_key)))
+            {
+                continue;
+            }
+            let kind: &str = &finding.kind;
+            let key = (finding.subject.clone(), finding.role_key.clone());
+            let again = seen.iter().any(|(subject, role_key, seen_kind)| {
+                (subject, role_key) == (&key.0, &key.1) && *seen_kind == kind
+            });
+            if !again {
+                with_pool!(&self.database, |pool| {
+                    sqlx::query("update reconcile_finding set resolved_at = $1 where id = $2")
+                        .bind(now)
+                        .bind(finding.id)
+                        .execute(pool)
+                        .await
+                        .map(|done| done.rows_affected())
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Returns the open findings, newest first.
+pub async fn list_findings(database: &Database, limit: i64) -> Result<Vec<Finding>, StoreError> {
+    let findings = with_pool!(database, |pool| {
+        sqlx::query_as::<_, Finding>(
+            "select id, subject, username, role_key, kind, detail, first_seen, last_seen \
+             from reconcile_finding where resolved_at is null order by last_seen desc, id desc \
+             limit $1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })?;
+    Ok(findings)
+}
