@@ -11,15 +11,15 @@ import {
 } from './support';
 
 // The catalog entry `refunds` maps the client role refund-approver of billing-app. No other
-// spec requests it, so alice holds that role only through the grants made here.
+// spec requests it, so alice gets that role only through the grants made here.
 const ROLE_KEY = 'refunds';
 const KEYCLOAK_ROLE: ClientRole = { clientId: 'billing-app', role: 'refund-approver' };
 
-// The scheduler adds and removes a mapping within a second of the due time; the margin
-// covers a loaded two-core machine.
+// The scheduler polls every second and is woken by an approval and by End now, so a step
+// normally lands within a second or two. The bound leaves room for a slow Keycloak.
 const SCHEDULER_TIMEOUT = 20_000;
 
-/** Whether Keycloak maps refund-approver to alice directly now. */
+/** Returns whether Keycloak maps refund-approver to alice directly now. */
 function aliceHoldsRole(request: APIRequestContext): Promise<boolean> {
   return hasClientRoleMapping(request, 'alice', KEYCLOAK_ROLE);
 }

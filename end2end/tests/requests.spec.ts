@@ -44,6 +44,23 @@ function requestCard(page: Page, id: string) {
   return page.locator(`[data-testid="request"][data-request-id="${id}"]`);
 }
 
+/** Ends the grant of request `id` from My requests and waits until the scheduler has
+ * removed the mapping, so later tests (and later runs) start without it. */
+async function endGrant(page: Page, id: string): Promise<void> {
+  await page.goto('/requests');
+  await requestCard(page, id).getByTestId('end-grant').click();
+  await expect(page.getByTestId('flash-success')).toContainText('The grant ends now');
+  await expect
+    .poll(
+      async () => {
+        await page.goto('/requests');
+        return requestCard(page, id).getByTestId('grant').getAttribute('data-grant-status');
+      },
+      { timeout: 30_000 },
+    )
+    .toBe('ended');
+}
+
 test.describe('requests and approvals', () => {
   test('request is approved by a second persona', async ({ browser }) => {
     const alice = await (await browser.newContext()).newPage();
@@ -66,6 +83,7 @@ test.describe('requests and approvals', () => {
     await alice.goto('/requests');
     await expect(requestCard(alice, id).getByTestId('request-status')).toHaveText('approved');
     await expect(requestCard(alice, id)).toContainText('looks right');
+    await endGrant(alice, id);
   });
 
   test('two-approval role needs two different approvers', async ({ browser }) => {
@@ -92,6 +110,7 @@ test.describe('requests and approvals', () => {
     await alice.goto('/requests');
     await expect(requestCard(alice, id).getByTestId('request-approvals')).toHaveText('2 of 2');
     await expect(requestCard(alice, id).getByTestId('request-status')).toHaveText('approved');
+    await endGrant(alice, id);
   });
 
   test('self-approval is refused', async ({ page }) => {
@@ -193,6 +212,7 @@ test.describe('requests and approvals', () => {
     const id = await submitRequest(page, 'support-viewer', { duration: '1h' });
     await expect(page.getByTestId('flash-success')).toContainText('approved automatically');
     await expect(requestCard(page, id).getByTestId('request-status')).toHaveText('approved');
+    await endGrant(page, id);
   });
 
   test('requester cannot decide through the form handler', async ({ page }) => {

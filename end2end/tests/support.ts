@@ -116,8 +116,8 @@ export async function hasClientRoleMapping(
   return names.includes(role.role);
 }
 
-/** Removes the direct mapping of `role` from `username` through the Admin API; Keycloak
- * answers 204 whether or not the mapping existed. */
+/** Removes the direct mapping of `role` from `username` through the Admin API. Keycloak
+ * returns 204 whether or not the mapping existed. */
 export async function removeClientRoleMapping(
   request: APIRequestContext,
   username: Username,
@@ -143,7 +143,7 @@ export async function openSignedIn(
   return page;
 }
 
-/** Returns the card of request `id` on My requests or Approvals. */
+/** Returns the card of request `id` on My requests. */
 export function requestCard(page: Page, id: string) {
   return page.locator(`[data-testid="request"][data-request-id="${id}"]`);
 }
@@ -160,7 +160,12 @@ export async function submitShownRequestForm(
   if (fields.justification !== undefined) await page.locator('#justification').fill(fields.justification);
   if (fields.ticket !== undefined) await page.locator('#ticket').fill(fields.ticket);
   await page.getByTestId('submit-request').click();
-  await expect(page).toHaveURL(/\/requests$/);
+  // The form posts to /requests/submit, which redirects to /requests on success and back to
+  // the form on a field error. Any other response stays at /requests/submit with its message.
+  await expect(page).not.toHaveURL(/\/requests\/new\?/);
+  expect(new URL(page.url()).pathname, `page after the submit: ${await page.locator('body').innerText()}`).toBe(
+    '/requests',
+  );
   await expect(page.getByTestId('flash-success')).toBeVisible();
   const id = await page.locator(`[data-testid="request"][data-role="${role}"]`).first().getAttribute('data-request-id');
   expect(id, `id of the newest ${role} request`).toBeTruthy();

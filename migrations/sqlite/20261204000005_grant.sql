@@ -23,8 +23,6 @@ create table access_grant (
         ('scheduled', 'applying', 'active', 'revoking', 'ended', 'refused', 'failed', 'cancelled')),
     -- The user held the mapping directly before the grant started and keeps it at the end.
     preexisting integer not null default 0,
-    -- Another grant of the same user and role kept the mapping for this one.
-    inherited_mapping integer not null default 0,
     -- End the user's Keycloak sessions when the grant ends.
     end_sessions integer not null default 0,
     applied_at integer,

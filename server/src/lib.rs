@@ -304,6 +304,14 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), S
         tokio::spawn(async move { jobs::reconcile(reconcile_state, reconcile_shutdown).await })
     };
 
+    let approvers = {
+        let approver_state = state.clone();
+        let approver_shutdown = shutdown.clone();
+        tokio::spawn(
+            async move { jobs::recheck_approvers(approver_state, approver_shutdown).await },
+        )
+    };
+
     let reload_state = state.clone();
     let reload_shutdown = shutdown.clone();
     let reload = tokio::spawn(async move { reload_on_sighup(reload_state, reload_shutdown).await });
@@ -339,6 +347,7 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) -> Result<(), S
         let _ = scheduler.await;
     }
     let _ = reconcile.await;
+    let _ = approvers.await;
     database.close().await;
     result
 }

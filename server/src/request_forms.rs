@@ -138,7 +138,7 @@ async fn submit(
                 state.wake_scheduler();
             }
             if !auto_approved {
-                flag_if_no_approver(&state, &id, role, &user.subject, now).await;
+                crate::jobs::flag_if_no_approver(&state, &id, role, &user.subject, now).await;
             }
             let message = if auto_approved {
                 format!(
@@ -184,64 +184,6 @@ async fn submit(
                 ..Flash::default()
             };
             flash_and_redirect(&session, flash, &back).await
-        }
-    }
-}
-
-/// Flags request `id` to admins when no one but the requester could approve it, so it does
-/// not wait until it expires.
-async fn flag_if_no_approver(
-    state: &AppState,
-    id: &str,
-    role: &app::server::catalog::CatalogRole,
-    requester: &str,
-    now: i64,
-) {
-    let mut approver_found = false;
-    for group in &role.approvers.groups {
-        match state.admin.group_has_other_member(group, requester).await {
-            Ok(true) => approver_found = true,
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(%error, request_id = %id, group = %group, "could not count the approvers of a group; not flagging");
-                return;
-            }
-        }
-    }
-    for realm_role in &role.approvers.realm_roles {
-        match state
-            .admin
-            .realm_role_has_other_holder(realm_role, requester)
-            .await
-        {
-            Ok(true) => approver_found = true,
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(%error, request_id = %id, role = %realm_role, "could not count the holders of an approver role; not flagging");
-                return;
-            }
-        }
-    }
-    if approver_found {
-        return;
-    }
-    let reason = format!(
-        "no approver other than the requester is left for {} (approvers: {})",
-        role.key,
-        role.approvers
-            .groups
-            .iter()
-            .chain(&role.approvers.realm_roles)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    match store::flag_for_admin(&state.database, id, &reason, now).await {
-        Ok(()) => {
-            tracing::warn!(security_event = "request_flagged", request_id = %id, %reason, "request flagged to admins")
-        }
-        Err(error) => {
-            tracing::error!(%error, request_id = %id, "flagging a request to admins failed")
         }
     }
 }

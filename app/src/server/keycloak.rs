@@ -21,10 +21,15 @@ pub enum AdminError {
     #[error("Keycloak request {what} failed: {reason}")]
     Transport { what: String, reason: String },
     #[error(
-        "Keycloak rejected the service account's request {what} with 403: grant the \
-         stint-portal service account the realm-management role it needs ({hint})"
+        "Keycloak rejected the request {what} of client `{client}`'s service account with \
+         403: assign that service account the realm-management role {hint}"
     )]
-    Forbidden { what: String, hint: &'static str },
+    Forbidden {
+        what: String,
+        hint: &'static str,
+        /// The `clientId` whose service account was refused.
+        client: String,
+    },
     #[error("Keycloak returned {status} for {what}")]
     Status { what: String, status: StatusCode },
     #[error("the service-account token request failed: {0}")]
@@ -197,7 +202,11 @@ impl KeycloakAdmin {
         match response.status() {
             status if status.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            StatusCode::FORBIDDEN => Err(AdminError::Forbidden { what: what(), hint }),
+            StatusCode::FORBIDDEN => Err(AdminError::Forbidden {
+                what: what(),
+                hint,
+                client: self.client_id.clone(),
+            }),
             status => Err(AdminError::Status {
                 what: what(),
                 status,
@@ -214,40 +223,45 @@ impl KeycloakAdmin {
             )
             .await?;
         let clients: Vec<ClientRepresentation> = require_found(
-            read_json(response, "GET …/clients", "view-clients").await?,
+            self.read_json(response, "GET …/clients", "view-clients")
+                .await?,
             "GET …/clients",
         )?;
         Ok(clients.into_iter().next().map(|client| client.id))
     }
 }
 
-/// Decodes the JSON body of a successful response, or returns `None` for a 404. Any other
-/// status becomes an error; a 403 names the realm-management role in `hint`.
-async fn read_json<T: serde::de::DeserializeOwned>(
-    response: reqwest::Response,
-    what: &str,
-    hint: &'static str,
-) -> Result<Option<T>, AdminError> {
-    match response.status() {
-        status if status.is_success() => {
-            response
-                .json()
-                .await
-                .map(Some)
-                .map_err(|error| AdminError::Transport {
-                    what: what.to_owned(),
-                    reason: error.to_string(),
-                })
+impl KeycloakAdmin {
+    /// Decodes the JSON body of a successful response, or returns `None` for a 404. Any other
+    /// status becomes an error; a 403 names the realm-management role in `hint`.
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+        what: &str,
+        hint: &'static str,
+    ) -> Result<Option<T>, AdminError> {
+        match response.status() {
+            status if status.is_success() => {
+                response
+                    .json()
+                    .await
+                    .map(Some)
+                    .map_err(|error| AdminError::Transport {
+                        what: what.to_owned(),
+                        reason: error.to_string(),
+                    })
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::FORBIDDEN => Err(AdminError::Forbidden {
+                what: what.to_owned(),
+                hint,
+                client: self.client_id.clone(),
+            }),
+            status => Err(AdminError::Status {
+                what: what.to_owned(),
+                status,
+            }),
         }
-        StatusCode::NOT_FOUND => Ok(None),
-        StatusCode::FORBIDDEN => Err(AdminError::Forbidden {
-            what: what.to_owned(),
-            hint,
-        }),
-        status => Err(AdminError::Status {
-            what: what.to_owned(),
-            status,
-        }),
     }
 }
 
@@ -290,7 +304,7 @@ impl KeycloakAdmin {
             ("briefRepresentation", "true"),
         ];
         let response = self.get(segments, &query).await?;
-        let members: Option<Vec<IdRepresentation>> = read_json(response, &what, hint).await?;
+        let members: Option<Vec<IdRepresentation>> = self.read_json(response, &what, hint).await?;
         Ok(members
             .unwrap_or_default()
             .iter()
@@ -307,7 +321,8 @@ impl KeycloakAdmin {
         segments.extend(path.split('/').filter(|part| !part.is_empty()));
         let response = self.get(&segments, &[]).await?;
         let what = format!("GET …/group-by-path{path}");
-        let group: Option<IdRepresentation> = read_json(response, &what, "query-groups").await?;
+        let group: Option<IdRepresentation> =
+            self.read_json(response, &what, "query-groups").await?;
         let Some(group) = group else {
             return Ok(false);
         };
@@ -340,7 +355,7 @@ impl KeycloakAdmin {
             )
             .await?;
         let roles: Vec<RoleRepresentation> =
-            require_found(read_json(response, what, "view-users").await?, what)?;
+            require_found(self.read_json(response, what, "view-users").await?, what)?;
         let mut names: Vec<String> = roles.into_iter().map(|role| role.name).collect();
         names.sort();
         Ok(names)
@@ -362,7 +377,7 @@ impl KeycloakAdmin {
             ];
             let response = self.get(&["users", user_id, "groups"], &query).await?;
             let page: Vec<GroupRepresentation> =
-                require_found(read_json(response, what, "view-users").await?, what)?;
+                require_found(self.read_json(response, what, "view-users").await?, what)?;
             let short = page.len() < PAGE;
             paths.extend(page.into_iter().map(|group| group.path));
             if short {
@@ -444,7 +459,7 @@ impl KeycloakAdmin {
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let what = format!("GET …/{}", segments.join("/"));
         let response = self.get(&segments, &[]).await?;
-        let found: Option<FullRoleRepresentation> = read_json(response, &what, hint).await?;
+        let found: Option<FullRoleRepresentation> = self.read_json(response, &what, hint).await?;
         Ok(found.map(FullRoleRepresentation::into_ref))
     }
 
@@ -452,8 +467,9 @@ impl KeycloakAdmin {
     /// has been deleted.
     pub async fn role_by_id(&self, id: &str) -> Result<Option<RoleRef>, AdminError> {
         let response = self.get(&["roles-by-id", id], &[]).await?;
-        let found: Option<FullRoleRepresentation> =
-            read_json(response, "GET …/roles-by-id/{id}", "view-realm").await?;
+        let found: Option<FullRoleRepresentation> = self
+            .read_json(response, "GET …/roles-by-id/{id}", "view-realm")
+            .await?;
         Ok(found.map(FullRoleRepresentation::into_ref))
     }
 
@@ -466,8 +482,9 @@ impl KeycloakAdmin {
     ) -> Result<Option<bool>, AdminError> {
         let segments = Self::mapping_path(user_id, role);
         let response = self.get(&segments, &[]).await?;
-        let roles: Option<Vec<IdRepresentation>> =
-            read_json(response, "GET …/users/{id}/role-mappings", "view-users").await?;
+        let roles: Option<Vec<IdRepresentation>> = self
+            .read_json(response, "GET …/users/{id}/role-mappings", "view-users")
+            .await?;
         Ok(roles.map(|roles| roles.iter().any(|mapped| mapped.id == role.id)))
     }
 
@@ -481,8 +498,9 @@ impl KeycloakAdmin {
         let mut segments = Self::mapping_path(user_id, role);
         segments.push("composite");
         let response = self.get(&segments, &[]).await?;
-        let roles: Option<Vec<IdRepresentation>> =
-            read_json(response, "GET …/role-mappings/…/composite", "view-users").await?;
+        let roles: Option<Vec<IdRepresentation>> = self
+            .read_json(response, "GET …/role-mappings/…/composite", "view-users")
+            .await?;
         Ok(roles.map(|roles| roles.iter().any(|mapped| mapped.id == role.id)))
     }
 
@@ -507,6 +525,7 @@ impl KeycloakAdmin {
             return Err(AdminError::Forbidden {
                 what,
                 hint: "manage-users",
+                client: self.client_id.clone(),
             });
         }
         Err(AdminError::Status { what, status })
@@ -531,6 +550,7 @@ impl KeycloakAdmin {
             StatusCode::FORBIDDEN => Err(AdminError::Forbidden {
                 what,
                 hint: "manage-users",
+                client: self.client_id.clone(),
             }),
             status => Err(AdminError::Status { what, status }),
         }
@@ -556,7 +576,7 @@ impl KeycloakAdmin {
             ];
             let response = self.get(&base, &query).await?;
             let page: Vec<UserRepresentation> =
-                require_found(read_json(response, what, "view-users").await?, what)?;
+                require_found(self.read_json(response, what, "view-users").await?, what)?;
             let short = page.len() < PAGE;
             holders.extend(page.into_iter().map(|user| (user.id, user.username)));
             if short {
@@ -569,7 +589,8 @@ impl KeycloakAdmin {
     pub async fn access_token_lifespan(&self) -> Result<i64, AdminError> {
         let response = self.get(&[], &[]).await?;
         let realm: RealmRepresentation = require_found(
-            read_json(response, "GET …/realms/{realm}", "view-realm").await?,
+            self.read_json(response, "GET …/realms/{realm}", "view-realm")
+                .await?,
             "GET …/realms/{realm}",
         )?;
         Ok(realm.access_token_lifespan.unwrap_or(300))

@@ -359,3 +359,73 @@ async fn postgres_rejected_decision_atomic() {
     };
     failed_decision_writes_nothing(&database).await;
 }
+
+/// Two approvers deciding one request at the same moment, and one approver submitting
+/// twice at once: the decisions are serialised, so the request is approved once, with one
+/// grant, and the repeated approval is refused.
+async fn concurrent_decisions(database: &Database) {
+    let id = store::create(database, &new_request(2), NOW).await.unwrap();
+    let decide = |who: &'static str, id: String| async move {
+        store::decide(
+            database,
+            &id,
+            &actor(who),
+            true,
+            Decision::Approve,
+            "",
+            &target(),
+            NOW + 1,
+        )
+        .await
+    };
+    let (bob, carol) = tokio::join!(decide("bob", id.clone()), decide("carol", id.clone()));
+    let mut statuses = vec![bob.unwrap(), carol.unwrap()];
+    statuses.sort_by_key(|status| status.as_str());
+    assert_eq!(statuses, [RequestStatus::Approved, RequestStatus::Pending]);
+    assert_eq!(
+        store::status(database, &id).await.unwrap(),
+        RequestStatus::Approved
+    );
+    let grants: i64 = server::with_pool!(database, |pool| {
+        sqlx::query_scalar("select count(*) from access_grant where request_id = $1")
+            .bind(&id)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(grants, 1);
+
+    let other = NewRequest {
+        requester: actor("dave"),
+        ..new_request(2)
+    };
+    let id = store::create(database, &other, NOW).await.unwrap();
+    let (first, second) = tokio::join!(decide("bob", id.clone()), decide("bob", id.clone()));
+    let outcomes = [first, second];
+    assert_eq!(
+        outcomes.iter().filter(|outcome| outcome.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|outcome| matches!(
+            outcome,
+            Err(StoreError::Decision(DecisionError::AlreadyApproved))
+        )),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_concurrent_decisions() {
+    let (_dir, database) = sqlite().await;
+    concurrent_decisions(&database).await;
+}
+
+#[tokio::test]
+async fn postgres_concurrent_decisions() {
+    let Some((database, _)) = support::postgres_database().await else {
+        return;
+    };
+    concurrent_decisions(&database).await;
+}

@@ -1,13 +1,25 @@
 //! Tests against the real dev Keycloak that scripts/test.sh starts, at the URL in
 //! `STINT_TEST_KEYCLOAK_URL`, with the realm from dev/realm/. scripts/test.sh runs this
 //! binary after Keycloak is ready.
+//!
+//! The scheduler and reconciliation tests also sign in as the master realm's `admin` to
+//! create throwaway users, roles and groups, and run on SQLite, and on PostgreSQL when
+//! `STINT_TEST_POSTGRES_URL` names a server whose user may create databases.
+
+mod harness;
+mod proxy;
+mod realm;
+mod reconcile;
+mod scheduler;
 
 use std::path::Path;
 
 use app::server::catalog::{Catalog, Directory, KeycloakRole};
 use app::server::keycloak::KeycloakAdmin;
 
-fn admin() -> Option<KeycloakAdmin> {
+/// Returns the Keycloak base URL from `STINT_TEST_KEYCLOAK_URL`, or `None` outside CI
+/// when it is unset, so the case is skipped.
+fn keycloak_url() -> Option<String> {
     let Ok(url) = std::env::var("STINT_TEST_KEYCLOAK_URL") else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -16,14 +28,11 @@ fn admin() -> Option<KeycloakAdmin> {
         eprintln!("STINT_TEST_KEYCLOAK_URL is unset: skipping the real-Keycloak case");
         return None;
     };
-    let http = server::state::http_client().unwrap();
-    Some(KeycloakAdmin::new(
-        http,
-        &url,
-        "stint",
-        "stint-portal",
-        "stint-dev-secret",
-    ))
+    Some(url)
+}
+
+fn admin() -> Option<KeycloakAdmin> {
+    keycloak_url().map(|url| harness::portal_admin(&url))
 }
 
 fn demo_catalog() -> std::path::PathBuf {
@@ -82,8 +91,7 @@ async fn catalog_with_unknown_names_is_rejected() {
 
 #[tokio::test]
 async fn wrong_secret_is_reported() {
-    let Some(_) = admin() else { return };
-    let url = std::env::var("STINT_TEST_KEYCLOAK_URL").unwrap();
+    let Some(url) = keycloak_url() else { return };
     let admin = KeycloakAdmin::new(
         server::state::http_client().unwrap(),
         &url,

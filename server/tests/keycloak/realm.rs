@@ -73,9 +73,9 @@ impl RealmAdmin {
 
     /// Builds `{base}/admin/realms/stint/{segments…}`, percent-encoding each segment.
     fn url(&self, segments: &[&str]) -> url::Url {
-        let mut url = url::Url::parse(&format!("{}/admin/realms/stint", self.base_url)).unwrap();
-        url.path_segments_mut().unwrap().extend(segments);
-        url
+        let path: Vec<String> = segments.iter().map(|part| encode_segment(part)).collect();
+        let text = format!("{}/admin/realms/stint/{}", self.base_url, path.join("/"));
+        url::Url::parse(text.trim_end_matches('/')).unwrap()
     }
 
     /// Sends `method` to the realm path `segments` with an optional JSON body.
@@ -224,15 +224,50 @@ impl RealmAdmin {
         users[0]["id"].as_str().unwrap().to_owned()
     }
 
+    /// Renames the realm role `name` to `new_name`. Its id and mappings stay.
+    pub async fn rename_realm_role(&self, name: &str, new_name: &str) {
+        let mut role = self.realm_role(name).await;
+        let id = role["id"].as_str().unwrap().to_owned();
+        role["name"] = json!(new_name);
+        self.expect_success(Method::PUT, &["roles-by-id", &id], Some(&role))
+            .await;
+    }
+
+    /// Sets the `notBefore` time of client `client_id`: Keycloak then rejects every token
+    /// issued to the client before `at` (Unix seconds).
+    pub async fn set_client_not_before(&self, client_id: &str, at: i64) {
+        let uuid = self.client_uuid(client_id).await;
+        let mut client = self.get_json(&["clients", &uuid]).await;
+        client["notBefore"] = json!(at);
+        self.expect_success(Method::PUT, &["clients", &uuid], Some(&client))
+            .await;
+    }
+
     /// Deletes what `item` names and returns Keycloak's status.
     async fn delete(&self, item: &Created) -> StatusCode {
         let segments: Vec<&str> = match item {
             Created::User(id) => vec!["users", id],
-            Created::RealmRole(name) => vec!["roles", name],
+            Created::Role(id) => vec!["roles-by-id", id],
             Created::Group(id) => vec!["groups", id],
+            Created::Client(id) => vec!["clients", id],
         };
         self.send(Method::DELETE, &segments, None).await.status()
     }
+}
+
+/// Percent-encodes every byte outside the unreserved set of RFC 3986. The `url` crate
+/// leaves `;` and `=` as they are, which Keycloak's JAX-RS layer reads as matrix
+/// parameters.
+fn encode_segment(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 fn names(roles: &Value) -> Vec<String> {
@@ -249,6 +284,9 @@ fn names(roles: &Value) -> Vec<String> {
     names
 }
 
+/// The client secret of every confidential client that a [`Fixture`] creates.
+pub const TEST_CLIENT_SECRET: &str = "stint-test-client-secret";
+
 /// A user created for one test.
 #[derive(Clone, Debug)]
 pub struct TestUser {
@@ -256,11 +294,13 @@ pub struct TestUser {
     pub username: String,
 }
 
-/// Something a [`Fixture`] created and deletes at the end.
+/// Something a [`Fixture`] created and deletes at the end, by id.
 enum Created {
     User(String),
-    RealmRole(String),
+    /// A realm or client role.
+    Role(String),
     Group(String),
+    Client(String),
 }
 
 /// Returns `prefix` followed by a random suffix, unique across runs and tests.
@@ -309,15 +349,50 @@ impl Fixture {
         TestUser { id, username }
     }
 
-    /// Creates a realm role named `stint-test-{label}-…` and returns its name.
+    /// Creates a realm role named `stint-test-{label}-…` and returns its name. `label`
+    /// may contain any character that Keycloak accepts in a role name.
     pub async fn realm_role(&self, label: &str) -> String {
         let name = unique(&format!("stint-test-{label}"));
         let body = json!({ "name": name, "description": "created by a Stint test" });
         self.realm
             .expect_success(Method::POST, &["roles"], Some(&body))
             .await;
-        self.remember(Created::RealmRole(name.clone()));
+        let role = self.realm.realm_role(&name).await;
+        self.remember(Created::Role(role["id"].as_str().unwrap().to_owned()));
         name
+    }
+
+    /// Creates a role named `stint-test-{label}-…` of client `client_id` and returns its
+    /// name.
+    pub async fn client_role(&self, client_id: &str, label: &str) -> String {
+        let name = unique(&format!("stint-test-{label}"));
+        let uuid = self.realm.client_uuid(client_id).await;
+        let body = json!({ "name": name, "description": "created by a Stint test" });
+        self.realm
+            .expect_success(Method::POST, &["clients", &uuid, "roles"], Some(&body))
+            .await;
+        let role = self
+            .realm
+            .get_json(&["clients", &uuid, "roles", &name])
+            .await;
+        self.remember(Created::Role(role["id"].as_str().unwrap().to_owned()));
+        name
+    }
+
+    /// Maps role `name` of client `client_id` directly to `user`.
+    pub async fn map_client_role(&self, user: &TestUser, client_id: &str, name: &str) {
+        let uuid = self.realm.client_uuid(client_id).await;
+        let role = self
+            .realm
+            .get_json(&["clients", &uuid, "roles", name])
+            .await;
+        self.realm
+            .expect_success(
+                Method::POST,
+                &["users", &user.id, "role-mappings", "clients", &uuid],
+                Some(&json!([role])),
+            )
+            .await;
     }
 
     /// Creates a top-level group named `stint-test-{label}-…` and returns its id.
@@ -354,6 +429,78 @@ impl Fixture {
     pub async fn join_group(&self, user: &TestUser, path: &str) {
         let group_id = self.realm.group_id(path).await;
         self.join_group_id(user, &group_id).await;
+    }
+
+    /// Creates a confidential client named `stint-test-{label}-…` whose service account
+    /// has the `realm-management` roles `roles`, and returns its `clientId`. Its secret is
+    /// [`TEST_CLIENT_SECRET`].
+    pub async fn service_client(&self, label: &str, roles: &[&str]) -> String {
+        let client_id = unique(&format!("stint-test-{label}"));
+        let body = json!({
+            "clientId": client_id,
+            "enabled": true,
+            "publicClient": false,
+            "clientAuthenticatorType": "client-secret",
+            "secret": TEST_CLIENT_SECRET,
+            "serviceAccountsEnabled": true,
+            "standardFlowEnabled": false,
+            "directAccessGrantsEnabled": false,
+        });
+        self.realm
+            .expect_success(Method::POST, &["clients"], Some(&body))
+            .await;
+        let uuid = self.realm.client_uuid(&client_id).await;
+        self.remember(Created::Client(uuid));
+        self.grant_realm_management(&client_id, roles).await;
+        client_id
+    }
+
+    /// Gives the service account of client `client_id` the `realm-management` roles
+    /// `roles`.
+    pub async fn grant_realm_management(&self, client_id: &str, roles: &[&str]) {
+        if roles.is_empty() {
+            return;
+        }
+        let uuid = self.realm.client_uuid(client_id).await;
+        let account = self
+            .realm
+            .get_json(&["clients", &uuid, "service-account-user"])
+            .await;
+        let account_id = account["id"].as_str().unwrap().to_owned();
+        let management = self.realm.client_uuid("realm-management").await;
+        let mut representations = Vec::new();
+        for role in roles {
+            representations.push(
+                self.realm
+                    .get_json(&["clients", &management, "roles", role])
+                    .await,
+            );
+        }
+        self.realm
+            .expect_success(
+                Method::POST,
+                &[
+                    "users",
+                    &account_id,
+                    "role-mappings",
+                    "clients",
+                    &management,
+                ],
+                Some(&Value::Array(representations)),
+            )
+            .await;
+    }
+
+    /// Removes `user` from the group at full path `path`.
+    pub async fn leave_group(&self, user: &TestUser, path: &str) {
+        let group_id = self.realm.group_id(path).await;
+        self.realm
+            .expect_success(
+                Method::DELETE,
+                &["users", &user.id, "groups", &group_id],
+                None,
+            )
+            .await;
     }
 
     /// Deletes `user` now.

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use crate::server::catalog::KeycloakRole;
 use crate::server::keycloak::{AdminError, KeycloakAdmin, KeycloakAnswer, RoleRef};
 
-/// How a failed Keycloak call is handled.
+/// The class of a failed Keycloak call, which decides whether the step is retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
     /// The user or role no longer exists (404): retrying cannot help.
@@ -52,7 +52,7 @@ pub trait RoleMappings: Send + Sync {
     async fn add_mapping(&self, user: &str, role: &RoleRef) -> Result<KeycloakAnswer, Failure>;
     async fn remove_mapping(&self, user: &str, role: &RoleRef) -> Result<KeycloakAnswer, Failure>;
     async fn logout_user(&self, user: &str) -> Result<KeycloakAnswer, Failure>;
-    /// The user's group paths and effective realm roles; `None` when the user is gone.
+    /// Returns the user's group paths and effective realm roles; `None` when the user is gone.
     async fn memberships(&self, user: &str) -> Result<Option<(Vec<String>, Vec<String>)>, Failure>;
     async fn role_holders(&self, role: &RoleRef) -> Result<Vec<(String, String)>, Failure>;
     async fn access_token_lifespan(&self) -> Result<i64, Failure>;

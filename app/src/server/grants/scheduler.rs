@@ -127,6 +127,10 @@ impl Scheduler {
                 .or_default()
                 .push(grant);
         }
+        for lane in lanes.values_mut() {
+            // Starts first: a grant that begins as another ends takes the mapping over.
+            lane.sort_by_key(|grant| (grant.status() != GrantStatus::Scheduled, grant.due_at));
+        }
         futures::stream::iter(lanes.into_values())
             .for_each_concurrent(self.settings.concurrency.max(1), |lane| async move {
                 for grant in lane {
@@ -379,8 +383,7 @@ impl Scheduler {
             }
             Ok(Some(present)) => present,
         };
-        let preexisting =
-            present && grant.inherited_mapping == 0 && !self.lane_owns_mapping(grant).await?;
+        let preexisting = present && !self.lane_owns_mapping(grant).await?;
         let updated = with_pool!(&self.database, |pool| {
             sqlx::query(
                 "update access_grant set status = 'applying', preexisting = $1, role_id = $2, \
@@ -494,12 +497,15 @@ impl Scheduler {
         Ok(Step::Done)
     }
 
-    /// Another open grant of the lane that holds the mapping now, or starts by `now`.
+    /// Another grant of the lane that holds the mapping now. A grant that has not been
+    /// applied does not count: it may yet be refused or cancelled, and then nothing would
+    /// remove the mapping. The lane works due starts before due ends, so a successor that
+    /// starts when this grant ends is applied first and keeps the mapping.
     async fn other_holder(&self, grant: &Grant, now: i64) -> Result<Option<Grant>, StoreError> {
         let sql = format!(
             "select {GRANT_COLUMNS} from access_grant where subject = $1 and role_key = $2 \
-             and id <> $3 and ends_at > $4 and (status in ('applying', 'active') \
-             or (status = 'scheduled' and starts_at <= $4)) order by ends_at desc limit 1"
+             and id <> $3 and ends_at > $4 and status in ('applying', 'active') \
+             order by ends_at desc limit 1"
         );
         let holder = with_pool!(&self.database, |pool| {
             sqlx::query_as::<_, Grant>(&sql)
@@ -519,7 +525,7 @@ impl Scheduler {
         if grant.preexisting != 0 {
             let outcome = "ended; the mapping stays, because the user held the role directly \
                            before the grant";
-            self.revoked(grant, outcome, None, false, None, now).await?;
+            self.revoked(grant, outcome, false, None, now).await?;
             return Ok(Step::Done);
         }
         if let Some(holder) = self.other_holder(grant, now).await? {
@@ -528,8 +534,7 @@ impl Scheduler {
                 holder.id,
                 format_time(holder.ends_at)
             );
-            self.revoked(grant, &outcome, Some(&holder.id), false, None, now)
-                .await?;
+            self.revoked(grant, &outcome, false, None, now).await?;
             return Ok(Step::Done);
         }
         let role_ref = match self.resolve_role(grant).await {
@@ -560,6 +565,7 @@ impl Scheduler {
             }
             Err(failure) => return Ok(Step::Retry(failure)),
         };
+
         let mut outcome = "ended; the mapping was removed".to_owned();
         let mut still_effective = false;
         match self
@@ -579,6 +585,7 @@ impl Scheduler {
                 outcome.push_str("; the effective roles could not be read afterwards");
             }
         }
+
         let mut answers = answer;
         if grant.end_sessions != 0 {
             match self.mappings.logout_user(&grant.subject).await {
@@ -594,7 +601,6 @@ impl Scheduler {
         self.revoked(
             grant,
             &outcome,
-            None,
             still_effective,
             Some((answers, now + lifespan)),
             now,
@@ -620,14 +626,12 @@ impl Scheduler {
         }
     }
 
-    /// Marks the grant ended with its outcome. `handed_to` names a grant that keeps the
-    /// mapping; `removal` carries Keycloak's answer and the time by which issued tokens
-    /// expire, when the mapping was removed.
+    /// Marks the grant ended with its outcome. `removal` carries Keycloak's answer and the
+    /// time by which issued tokens expire, when the mapping was removed.
     async fn revoked(
         &self,
         grant: &Grant,
         outcome: &str,
-        handed_to: Option<&str>,
         still_effective: bool,
         removal: Option<(String, i64)>,
         now: i64,
@@ -656,16 +660,6 @@ impl Scheduler {
                 .await?;
                 if updated.rows_affected() == 0 {
                     return Ok::<bool, StoreError>(false);
-                }
-                if let Some(holder) = handed_to {
-                    sqlx::query(
-                        "update access_grant set inherited_mapping = 1, updated_at = $1 \
-                         where id = $2 and status = 'scheduled'",
-                    )
-                    .bind(now)
-                    .bind(holder)
-                    .execute(&mut *tx)
-                    .await?;
                 }
                 let event = GrantEvent {
                     actor: None,
@@ -749,11 +743,6 @@ impl Scheduler {
         let next = now + delay;
         let revoking = matches!(grant.status(), GrantStatus::Active | GrantStatus::Revoking)
             || (grant.status() == GrantStatus::Applying && now >= grant.ends_at);
-        let status = if revoking {
-            GrantStatus::Revoking
-        } else {
-            grant.status()
-        };
         let message = failure.message();
         match failure {
             Failure::Configuration(_) => {
@@ -765,11 +754,13 @@ impl Scheduler {
         }
         with_pool!(&self.database, |pool| {
             sqlx::query(
-                "update access_grant set status = $1, attempts = $2, last_error = $3, due_at = $4, \
+                "update access_grant set \
+                 status = case when $1 = 1 then 'revoking' else status end, \
+                 attempts = $2, last_error = $3, due_at = $4, \
                  lease_owner = null, lease_expires_at = null, updated_at = $5 \
                  where id = $6 and lease_owner = $7",
             )
-            .bind(status.as_str())
+            .bind(i64::from(revoking))
             .bind(attempts)
             .bind(&message)
             .bind(next)

@@ -88,7 +88,6 @@ pub struct Grant {
     pub ends_at: i64,
     pub status: String,
     pub preexisting: i64,
-    pub inherited_mapping: i64,
     pub end_sessions: i64,
     pub applied_at: Option<i64>,
     pub revoked_at: Option<i64>,
@@ -109,7 +108,7 @@ impl Grant {
 }
 
 pub(crate) const GRANT_COLUMNS: &str = "id, request_id, subject, username, role_key, client_id, \
-    role_name, role_id, starts_at, ends_at, status, preexisting, inherited_mapping, end_sessions, \
+    role_name, role_id, starts_at, ends_at, status, preexisting, end_sessions, \
     applied_at, revoked_at, still_effective, tokens_expire_by, due_at, attempts, last_error, \
     outcome, lease_owner, lease_expires_at";
 
@@ -129,7 +128,7 @@ pub struct GrantEvent<'a> {
     pub comment: &'a str,
 }
 
-/// Writes `event` about `grant` inside `executor`'s transaction.
+/// Writes `event` about a grant inside the transaction `tx`.
 macro_rules! grant_audit {
     ($tx:expr, $now:expr, $request_id:expr, $grant_id:expr, $event:expr) => {{
         let event: &$crate::server::grants::store::GrantEvent = $event;
@@ -319,8 +318,9 @@ pub async fn list_by_status(
     Ok(grants)
 }
 
-/// Returns the grants that need an administrator: failed or retried with an error, or
-/// still effective through a group or composite role after the revocation; newest first.
+/// Returns the grants that need an administrator, newest first. Those are the failed
+/// grants, the ones retried after an error, and the ones still effective through a group
+/// or composite role after the revocation.
 pub async fn list_needing_attention(
     database: &Database,
     limit: i64,
@@ -338,7 +338,7 @@ pub async fn list_needing_attention(
     Ok(grants)
 }
 
-/// Why a holder's action on a grant was refused, in words for the holder.
+/// A refused action of a grant's holder, with a message for the holder.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GrantActionError {
     #[error("this grant is not yours")]
@@ -358,7 +358,7 @@ pub async fn end_early(
     let select = format!("select {GRANT_COLUMNS} from access_grant where id = $1");
     with_pool!(database, |pool| {
         async {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(database.begin_for_write()).await?;
             let grant: Option<Grant> = sqlx::query_as(&select)
                 .bind(id)
                 .fetch_optional(&mut *tx)

@@ -165,7 +165,7 @@ pub async fn create(
     };
     let result: Result<(), StoreError> = with_pool!(database, |pool| {
         async {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(database.begin_for_write()).await?;
             match &request.extends_grant_id {
                 Some(parent) => {
                     let row: Option<(String, String, String)> = sqlx::query_as(
@@ -292,10 +292,9 @@ pub async fn decide(
     target: &GrantTarget,
     now: i64,
 ) -> Result<RequestStatus, StoreError> {
-    // NOTE: two approvers deciding one request at the same instant are serialised by the
-    // database's write lock on SQLite and by `for update` on PostgreSQL. The later one reads
-    // the earlier one's approval, so it is rejected or counted as a further approval. No
-    // test runs two decisions concurrently yet.
+    // Two approvers deciding one request at the same instant are serialised by `BEGIN
+    // IMMEDIATE` on SQLite and by `for update` on PostgreSQL. The later one reads the
+    // earlier one's approval, so it is rejected or counted as a further approval.
     let row_lock = match database {
         Database::Sqlite(_) => "",
         Database::Postgres(_) => " for update",
@@ -307,7 +306,7 @@ pub async fn decide(
     );
     with_pool!(database, |pool| {
         async {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(database.begin_for_write()).await?;
             #[allow(clippy::type_complexity)]
             let row: Option<(String, String, i64, i64, String, String, i64, Option<i64>, Option<String>)> =
                 sqlx::query_as(&select)
@@ -442,7 +441,7 @@ pub async fn cancel(
 ) -> Result<(), StoreError> {
     with_pool!(database, |pool| {
         async {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(database.begin_for_write()).await?;
             let row: Option<(String, String, i64, i64)> = sqlx::query_as(
                 "select requester_subject, status, approvals_required, approval_deadline \
                  from access_request where id = $1",

@@ -21,8 +21,12 @@ pub struct RequestForm {
     pub role: String,
     pub duration: String,
     /// Empty for "now", else `YYYY-MM-DDTHH:MM` in UTC as a `datetime-local` input sends it.
+    /// The extension form has no such field.
+    #[serde(default)]
     pub starts_at: String,
+    #[serde(default)]
     pub justification: String,
+    #[serde(default)]
     pub ticket: String,
     /// Id of the active grant this request extends; empty for a new grant.
     #[serde(default)]
