@@ -10,6 +10,7 @@ mod harness;
 mod proxy;
 mod realm;
 mod reconcile;
+mod restart;
 mod scheduler;
 
 use std::path::Path;
