@@ -16,16 +16,17 @@ use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::{
     components::{Route, Router, Routes},
-    SsrMode, StaticSegment,
+    ParamSegment, SsrMode, StaticSegment,
 };
 
 use crate::components::layout::Layout;
 use crate::routes::{
+    audit::{AuditPage, GrantTimelinePage},
     catalog::CatalogPage,
     home::HomePage,
     me::MePage,
     not_found::NotFound,
-    persona_pages::{AdminPage, ApprovalsPage, AuditPage},
+    persona_pages::{AdminPage, ApprovalsPage},
     request_new::NewRequestPage,
     requests::MyRequestsPage,
     signin_error::SignInErrorPage,
@@ -113,6 +114,11 @@ pub fn App() -> impl IntoView {
                     />
                     <Route path=StaticSegment("approvals") view=ApprovalsPage ssr=SsrMode::Async />
                     <Route path=StaticSegment("audit") view=AuditPage ssr=SsrMode::Async />
+                    <Route
+                        path=(StaticSegment("audit"), StaticSegment("grants"), ParamSegment("id"))
+                        view=GrantTimelinePage
+                        ssr=SsrMode::Async
+                    />
                     <Route path=StaticSegment("admin") view=AdminPage ssr=SsrMode::Async />
                     <Route path=StaticSegment("signin-error") view=SignInErrorPage ssr=SsrMode::Async />
                 </Routes>

@@ -1,5 +1,6 @@
 //! The Stint server: configuration, HTTP routes, background jobs and their start-up.
 
+pub mod audit_routes;
 pub mod auth;
 pub mod config;
 pub mod health;
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .merge(auth::router())
         .merge(request_forms::router())
+        .merge(audit_routes::router())
         .leptos_routes_with_context(&state, routes, page_context.clone(), move || {
             shell(options.clone())
         })

@@ -206,7 +206,9 @@ mod server_side {
 }
 
 #[cfg(feature = "ssr")]
-pub use server_side::{may_approve, may_request, FLASH_KEY};
+pub use server_side::{
+    database, internal, may_approve, may_request, now, take_flash, timestamp, FLASH_KEY,
+};
 
 /// Lists the roles the caller may request whose name, key or description contains `query`.
 #[server(endpoint = "catalog")]

@@ -8,7 +8,13 @@ use crate::model::user::{CurrentUser, Persona};
 /// missing persona. The server's route guard has already sent signed-out browsers to the
 /// sign-in page; this is the page's own check.
 #[component]
-pub fn RequirePersona<F, V>(persona: Persona, children: F) -> impl IntoView
+pub fn RequirePersona<F, V>(
+    persona: Persona,
+    /// A second persona that also opens the page.
+    #[prop(optional)]
+    also: Option<Persona>,
+    children: F,
+) -> impl IntoView
 where
     F: Fn(CurrentUser) -> V + Send + Sync + 'static,
     V: IntoView + 'static,
@@ -24,7 +30,9 @@ where
                     let children = children.clone();
                     Suspend::new(async move {
                         match user.await.ok().flatten() {
-                            Some(user) if user.is(persona) => children(user).into_any(),
+                            Some(user) if user.is(persona) || also.is_some_and(|other| user.is(other)) => {
+                                children(user).into_any()
+                            }
                             Some(_) => {
                                 set_status(403);
                                 view! {

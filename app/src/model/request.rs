@@ -111,3 +111,51 @@ pub struct Flash {
     pub values: std::collections::BTreeMap<String, String>,
     pub field_errors: std::collections::BTreeMap<String, String>,
 }
+
+/// A grant in the auditor's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditGrantView {
+    pub id: String,
+    pub request_id: String,
+    pub username: String,
+    pub role_key: String,
+    pub status: String,
+    pub starts: String,
+    pub ends: String,
+    pub applied: String,
+    pub revoked: String,
+    pub ticket: String,
+    pub justification: String,
+    pub outcome: String,
+    /// `bob approved`, `carol denied`, in the order they decided.
+    pub decisions: Vec<String>,
+}
+
+/// One bar of the chart of grants active per day.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayCount {
+    /// `2026-12-04`.
+    pub day: String,
+    pub count: u32,
+}
+
+/// The auditor's history page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHistoryView {
+    pub grants: Vec<AuditGrantView>,
+    /// More grants matched than the page shows.
+    pub truncated: bool,
+    pub chart: Vec<DayCount>,
+    /// The filter as a query string, for the export links.
+    pub query: String,
+    /// A filter value that could not be read, with the fix.
+    pub filter_error: Option<String>,
+    pub flash: Flash,
+}
+
+/// One grant's full timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantTimelineView {
+    pub grant: AuditGrantView,
+    pub events: Vec<EventView>,
+}

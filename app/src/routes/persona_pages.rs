@@ -70,23 +70,6 @@ fn ApprovalQueue(data: QueueResource) -> impl IntoView {
 }
 
 #[component]
-pub fn AuditPage() -> impl IntoView {
-    view! {
-        <RequirePersona
-            persona=Persona::Auditor
-            children=|_| {
-                view! {
-                    <section class="card" data-testid="audit-page">
-                        <h1>"Audit"</h1>
-                        <p>"The grant history and its exports are listed here."</p>
-                    </section>
-                }
-            }
-        />
-    }
-}
-
-#[component]
 pub fn AdminPage() -> impl IntoView {
     let flagged = Resource::new_blocking(|| (), |_| crate::api::requests::flagged_requests());
     let status = Resource::new_blocking(|| (), |_| crate::api::requests::grant_status());

@@ -2,6 +2,7 @@
 //! backends. PostgreSQL tests run against `STINT_TEST_POSTGRES_URL`, a server URL whose
 //! user may create databases; scripts/test.sh starts one.
 
+mod audit;
 mod catalog;
 mod database;
 mod fake_keycloak;

@@ -429,3 +429,99 @@ async fn postgres_concurrent_decisions() {
     };
     concurrent_decisions(&database).await;
 }
+
+/// The hash chain: intact after a normal flow; an event changed or deleted by hand, past
+/// the append-only triggers, is named by the verification.
+async fn audit_chain_detects_tampering(database: &Database) {
+    use app::server::audit::chain;
+
+    let id = store::create(database, &new_request(1), NOW).await.unwrap();
+    store::decide(
+        database,
+        &id,
+        &actor("bob"),
+        true,
+        Decision::Approve,
+        "ok",
+        &target(),
+        NOW + 1,
+    )
+    .await
+    .unwrap();
+    let other = NewRequest {
+        requester: actor("dave"),
+        ..new_request(1)
+    };
+    let other = store::create(database, &other, NOW + 2).await.unwrap();
+    store::cancel(database, &other, &actor("dave"), NOW + 3)
+        .await
+        .unwrap();
+
+    let report = chain::verify(database).await.unwrap();
+    assert_eq!(report.first_break, None, "{report}");
+    assert_eq!(report.checked, 5);
+    assert_eq!(report.head, chain::head(database).await.unwrap());
+
+    let ids: Vec<i64> = server::with_pool!(database, |pool| {
+        sqlx::query_scalar("select id from audit_event order by id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    });
+    let drop_triggers = match database {
+        Database::Sqlite(_) => vec![
+            "drop trigger audit_event_no_update",
+            "drop trigger audit_event_no_delete",
+        ],
+        Database::Postgres(_) => vec!["drop trigger audit_event_no_change on audit_event"],
+    };
+    for statement in drop_triggers {
+        server::with_pool!(database, |pool| {
+            sqlx::query(statement).execute(pool).await.unwrap();
+        });
+    }
+
+    server::with_pool!(database, |pool| {
+        sqlx::query("update audit_event set comment = 'looks fine' where id = $1")
+            .bind(ids[1])
+            .execute(pool)
+            .await
+            .unwrap();
+    });
+    let edited = chain::verify(database).await.unwrap();
+    let broken = edited.first_break.expect("an edited event is detected");
+    assert_eq!(broken.event_id, ids[1]);
+    assert!(broken.reason.contains("was changed"), "{}", broken.reason);
+
+    // Put the comment back, then delete a later event: the one after it is named.
+    server::with_pool!(database, |pool| {
+        sqlx::query("update audit_event set comment = 'ok' where id = $1")
+            .bind(ids[1])
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("delete from audit_event where id = $1")
+            .bind(ids[3])
+            .execute(pool)
+            .await
+            .unwrap();
+    });
+    let deleted = chain::verify(database).await.unwrap();
+    let broken = deleted.first_break.expect("a deleted event is detected");
+    assert_eq!(broken.event_id, ids[4]);
+    assert!(broken.reason.contains("deleted"), "{}", broken.reason);
+}
+
+#[tokio::test]
+async fn sqlite_audit_chain() {
+    let (_dir, database) = sqlite().await;
+    audit_chain_detects_tampering(&database).await;
+}
+
+#[tokio::test]
+async fn postgres_audit_chain() {
+    let Some((database, _)) = support::postgres_database().await else {
+        return;
+    };
+    audit_chain_detects_tampering(&database).await;
+}

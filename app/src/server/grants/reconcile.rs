@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::mappings::RoleMappings;
 use super::store::{grant_audit, Grant, GrantEvent, GrantStatus, GRANT_COLUMNS};
+use crate::server::audit::chain::{append_audit, AuditRecord};
 use crate::server::catalog::{current, CatalogHandle};
 use crate::server::db::Database;
 use crate::server::requests::store::StoreError;
@@ -238,7 +239,7 @@ impl Reconciler {
                 );
                 with_pool!(&self.database, |pool| {
                     async {
-                        let mut tx = pool.begin().await?;
+                        let mut tx = pool.begin_with(self.database.begin_for_write()).await?;
                         let event = GrantEvent {
                             actor: None,
                             action: "grant_mapping_restored",
@@ -246,7 +247,14 @@ impl Reconciler {
                             to: GrantStatus::Active,
                             comment: &comment,
                         };
-                        grant_audit!(tx, now, &grant.request_id, &grant.id, &event)?;
+                        grant_audit!(
+                            tx,
+                            &self.database,
+                            now,
+                            &grant.request_id,
+                            &grant.id,
+                            &event
+                        )?;
                         tx.commit().await?;
                         Ok::<(), sqlx::Error>(())
                     }
@@ -326,16 +334,14 @@ impl Reconciler {
                         "restored" => "drift_mapping_restored",
                         _ => "standing_access_found",
                     };
-                    sqlx::query(
-                        "insert into audit_event (occurred_at, actor_subject, actor_username, \
-                         request_id, grant_id, action, from_status, to_status, comment) \
-                         values ($1, null, null, null, null, $2, null, null, $3)",
-                    )
-                    .bind(now)
-                    .bind(action)
-                    .bind(format!("{role_key} / {subject}: {detail}"))
-                    .execute(&mut *tx)
-                    .await?;
+                    let comment = format!("{role_key} / {subject}: {detail}");
+                    let record = AuditRecord {
+                        occurred_at: now,
+                        action,
+                        comment: &comment,
+                        ..AuditRecord::default()
+                    };
+                    append_audit!(tx, &self.database, &record)?;
                     tracing::warn!(role = %role_key, %subject, kind, %detail, "reconciliation finding");
                 }
                 tx.commit().await

@@ -485,7 +485,14 @@ impl Scheduler {
                     to: GrantStatus::Active,
                     comment: &answer,
                 };
-                grant_audit!(tx, now, &grant.request_id, &grant.id, &event)?;
+                grant_audit!(
+                    tx,
+                    &self.database,
+                    now,
+                    &grant.request_id,
+                    &grant.id,
+                    &event
+                )?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -668,7 +675,14 @@ impl Scheduler {
                     to: GrantStatus::Ended,
                     comment: &comment,
                 };
-                grant_audit!(tx, now, &grant.request_id, &grant.id, &event)?;
+                grant_audit!(
+                    tx,
+                    &self.database,
+                    now,
+                    &grant.request_id,
+                    &grant.id,
+                    &event
+                )?;
                 if still_effective {
                     let event = GrantEvent {
                         actor: None,
@@ -677,7 +691,14 @@ impl Scheduler {
                         to: GrantStatus::Ended,
                         comment: "the role is still effective through a group or a composite role",
                     };
-                    grant_audit!(tx, now, &grant.request_id, &grant.id, &event)?;
+                    grant_audit!(
+                        tx,
+                        &self.database,
+                        now,
+                        &grant.request_id,
+                        &grant.id,
+                        &event
+                    )?;
                 }
                 tx.commit().await?;
                 Ok(true)
@@ -723,7 +744,14 @@ impl Scheduler {
                     to,
                     comment: reason,
                 };
-                grant_audit!(tx, now, &grant.request_id, &grant.id, &event)?;
+                grant_audit!(
+                    tx,
+                    &self.database,
+                    now,
+                    &grant.request_id,
+                    &grant.id,
+                    &event
+                )?;
                 tx.commit().await?;
                 Ok(true)
             }

@@ -115,10 +115,6 @@ pub(crate) const GRANT_COLUMNS: &str = "id, request_id, subject, username, role_
 /// Open statuses as an SQL list.
 pub(crate) const OPEN: &str = "('scheduled', 'applying', 'active', 'revoking')";
 
-pub(crate) const INSERT_GRANT_AUDIT: &str = "insert into audit_event \
-    (occurred_at, actor_subject, actor_username, request_id, grant_id, action, from_status, \
-     to_status, comment) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-
 /// One audit event about a grant.
 pub struct GrantEvent<'a> {
     pub actor: Option<&'a Actor>,
@@ -128,22 +124,23 @@ pub struct GrantEvent<'a> {
     pub comment: &'a str,
 }
 
-/// Writes `event` about a grant inside the transaction `tx`.
+/// Appends `event` about a grant to the audit log inside the transaction `tx` of
+/// `database`.
 macro_rules! grant_audit {
-    ($tx:expr, $now:expr, $request_id:expr, $grant_id:expr, $event:expr) => {{
+    ($tx:expr, $database:expr, $now:expr, $request_id:expr, $grant_id:expr, $event:expr) => {{
         let event: &$crate::server::grants::store::GrantEvent = $event;
-        sqlx::query($crate::server::grants::store::INSERT_GRANT_AUDIT)
-            .bind($now)
-            .bind(event.actor.map(|actor| actor.subject.clone()))
-            .bind(event.actor.map(|actor| actor.username.clone()))
-            .bind($request_id)
-            .bind($grant_id)
-            .bind(event.action)
-            .bind(event.from.as_str())
-            .bind(event.to.as_str())
-            .bind(event.comment)
-            .execute(&mut *$tx)
-            .await
+        let record = $crate::server::audit::chain::AuditRecord {
+            occurred_at: $now,
+            actor_subject: event.actor.map(|actor| actor.subject.as_str()),
+            actor_username: event.actor.map(|actor| actor.username.as_str()),
+            request_id: Some($request_id),
+            grant_id: Some($grant_id),
+            action: event.action,
+            from_status: Some(event.from.as_str()),
+            to_status: Some(event.to.as_str()),
+            comment: event.comment,
+        };
+        $crate::server::audit::chain::append_audit!($tx, $database, &record)
     }};
 }
 pub(crate) use grant_audit;
@@ -167,7 +164,7 @@ pub struct GrantSource<'a> {
 /// given. An extension starts at `now` and ends `duration` after the grant it extends, so
 /// the two overlap and the mapping stays until the later one ends.
 macro_rules! insert_grant {
-    ($tx:expr, $source:expr, $target:expr, $now:expr) => {{
+    ($tx:expr, $database:expr, $source:expr, $target:expr, $now:expr) => {{
         let source: &$crate::server::grants::store::GrantSource = $source;
         let target: &$crate::server::grants::store::GrantTarget = $target;
         let now: i64 = $now;
@@ -238,7 +235,7 @@ macro_rules! insert_grant {
                 to: $crate::server::grants::store::GrantStatus::Scheduled,
                 comment: &comment,
             };
-            $crate::server::grants::store::grant_audit!($tx, now, source.request_id, &id, &event)?;
+            $crate::server::grants::store::grant_audit!($tx, $database, now, source.request_id, &id, &event)?;
             Ok::<String, $crate::server::requests::store::StoreError>(id)
         }
         .await
@@ -411,7 +408,7 @@ pub async fn end_early(
                 to,
                 comment: "",
             };
-            grant_audit!(tx, now, &grant.request_id, id, &event)?;
+            grant_audit!(tx, database, now, &grant.request_id, id, &event)?;
             tx.commit().await?;
             Ok(to)
         }

@@ -1,6 +1,7 @@
 //! Storage of access requests. Every state change and its audit event are written in one
 //! transaction, so the log never misses a change and never records one that was rolled back.
 
+use crate::server::audit::chain::{append_audit, AuditRecord};
 use crate::server::db::Database;
 use crate::server::grants::store::{insert_grant, GrantSource, GrantTarget};
 use crate::server::requests::rules::{self, Decision, DecisionError, RequestFacts, RequestStatus};
@@ -147,10 +148,6 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(database) if database.is_unique_violation())
 }
 
-const INSERT_AUDIT: &str = "insert into audit_event \
-    (occurred_at, actor_subject, actor_username, request_id, action, from_status, to_status, comment) \
-    values ($1, $2, $3, $4, $5, $6, $7, $8)";
-
 /// Stores a new pending request and its `request_created` audit event; returns its id.
 pub async fn create(
     database: &Database,
@@ -231,29 +228,37 @@ pub async fn create(
             } else {
                 "request_created"
             };
-            sqlx::query(INSERT_AUDIT)
-                .bind(now)
-                .bind(&request.requester.subject)
-                .bind(&request.requester.username)
-                .bind(&id)
-                .bind(action)
-                .bind(None::<String>)
-                .bind(RequestStatus::Pending.as_str())
-                .bind(&request.justification)
-                .execute(&mut *tx)
-                .await?;
+            append_audit!(
+                tx,
+                database,
+                &AuditRecord {
+                    occurred_at: now,
+                    actor_subject: Some(request.requester.subject.as_str()),
+                    actor_username: Some(request.requester.username.as_str()),
+                    request_id: Some(id.as_str()),
+                    action,
+                    from_status: None,
+                    to_status: Some(RequestStatus::Pending.as_str()),
+                    comment: &request.justification,
+                    ..AuditRecord::default()
+                }
+            )?;
             if request.auto_approved {
-                sqlx::query(INSERT_AUDIT)
-                    .bind(now)
-                    .bind(None::<String>)
-                    .bind(None::<String>)
-                    .bind(&id)
-                    .bind("request_auto_approved")
-                    .bind(RequestStatus::Pending.as_str())
-                    .bind(RequestStatus::Approved.as_str())
-                    .bind("the requester is in the role's auto-approve audience")
-                    .execute(&mut *tx)
-                    .await?;
+                append_audit!(
+                    tx,
+                    database,
+                    &AuditRecord {
+                        occurred_at: now,
+                        actor_subject: None,
+                        actor_username: None,
+                        request_id: Some(id.as_str()),
+                        action: "request_auto_approved",
+                        from_status: Some(RequestStatus::Pending.as_str()),
+                        to_status: Some(RequestStatus::Approved.as_str()),
+                        comment: "the requester is in the role's auto-approve audience",
+                        ..AuditRecord::default()
+                    }
+                )?;
                 let source = GrantSource {
                     request_id: &id,
                     subject: &request.requester.subject,
@@ -263,7 +268,7 @@ pub async fn create(
                     starts_at: request.starts_at,
                     extends_grant_id: request.extends_grant_id.as_deref(),
                 };
-                insert_grant!(tx, &source, &request.target, now)?;
+                insert_grant!(tx, database, &source, &request.target, now)?;
             }
             tx.commit().await?;
             Ok(())
@@ -368,17 +373,21 @@ pub async fn decide(
                 Decision::Approve => "request_approved",
                 Decision::Deny => "request_denied",
             };
-            sqlx::query(INSERT_AUDIT)
-                .bind(now)
-                .bind(&approver.subject)
-                .bind(&approver.username)
-                .bind(id)
-                .bind(action)
-                .bind(from.as_str())
-                .bind(outcome.status.as_str())
-                .bind(comment)
-                .execute(&mut *tx)
-                .await?;
+            append_audit!(
+                tx,
+                database,
+                &AuditRecord {
+                    occurred_at: now,
+                    actor_subject: Some(approver.subject.as_str()),
+                    actor_username: Some(approver.username.as_str()),
+                    request_id: Some(id),
+                    action,
+                    from_status: Some(from.as_str()),
+                    to_status: Some(outcome.status.as_str()),
+                    comment,
+                    ..AuditRecord::default()
+                }
+            )?;
             if outcome.status == RequestStatus::Approved && from != RequestStatus::Approved {
                 let source = GrantSource {
                     request_id: id,
@@ -389,7 +398,7 @@ pub async fn decide(
                     starts_at,
                     extends_grant_id: extends_grant_id.as_deref(),
                 };
-                insert_grant!(tx, &source, target, now)?;
+                insert_grant!(tx, database, &source, target, now)?;
             }
             tx.commit().await?;
             Ok(outcome.status)
@@ -412,17 +421,21 @@ pub async fn expire_due(database: &Database, now: i64) -> Result<u64, StoreError
             .fetch_all(&mut *tx)
             .await?;
             for id in &ids {
-                sqlx::query(INSERT_AUDIT)
-                    .bind(now)
-                    .bind(None::<String>)
-                    .bind(None::<String>)
-                    .bind(id)
-                    .bind("request_expired")
-                    .bind(RequestStatus::Pending.as_str())
-                    .bind(RequestStatus::Expired.as_str())
-                    .bind("")
-                    .execute(&mut *tx)
-                    .await?;
+                append_audit!(
+                    tx,
+                    database,
+                    &AuditRecord {
+                        occurred_at: now,
+                        actor_subject: None,
+                        actor_username: None,
+                        request_id: Some(id.as_str()),
+                        action: "request_expired",
+                        from_status: Some(RequestStatus::Pending.as_str()),
+                        to_status: Some(RequestStatus::Expired.as_str()),
+                        comment: "",
+                        ..AuditRecord::default()
+                    }
+                )?;
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(ids.len() as u64)
@@ -467,17 +480,21 @@ pub async fn cancel(
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(INSERT_AUDIT)
-                .bind(now)
-                .bind(&requester.subject)
-                .bind(&requester.username)
-                .bind(id)
-                .bind("request_cancelled")
-                .bind(RequestStatus::Pending.as_str())
-                .bind(RequestStatus::Cancelled.as_str())
-                .bind("")
-                .execute(&mut *tx)
-                .await?;
+            append_audit!(
+                tx,
+                database,
+                &AuditRecord {
+                    occurred_at: now,
+                    actor_subject: Some(requester.subject.as_str()),
+                    actor_username: Some(requester.username.as_str()),
+                    request_id: Some(id),
+                    action: "request_cancelled",
+                    from_status: Some(RequestStatus::Pending.as_str()),
+                    to_status: Some(RequestStatus::Cancelled.as_str()),
+                    comment: "",
+                    ..AuditRecord::default()
+                }
+            )?;
             tx.commit().await?;
             Ok(())
         }
@@ -503,17 +520,21 @@ pub async fn flag_for_admin(
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(INSERT_AUDIT)
-                .bind(now)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(id)
-                .bind("request_flagged_for_admin")
-                .bind(RequestStatus::Pending.as_str())
-                .bind(RequestStatus::Pending.as_str())
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
+            append_audit!(
+                tx,
+                database,
+                &AuditRecord {
+                    occurred_at: now,
+                    actor_subject: None,
+                    actor_username: None,
+                    request_id: Some(id),
+                    action: "request_flagged_for_admin",
+                    from_status: Some(RequestStatus::Pending.as_str()),
+                    to_status: Some(RequestStatus::Pending.as_str()),
+                    comment: reason,
+                    ..AuditRecord::default()
+                }
+            )?;
             tx.commit().await
         }
         .await
