@@ -112,3 +112,73 @@ async fn unsupported_database_url_is_rejected() {
     assert!(error.contains("mysql://localhost/stint"), "{error}");
     assert!(error.contains("sqlite://PATH or postgres://"), "{error}");
 }
+
+/// Tables and columns of `database`, each column with whether it accepts null, sorted;
+/// the migration bookkeeping table is left out.
+async fn logical_schema(database: &Database) -> Vec<(String, String, bool)> {
+    let mut columns: Vec<(String, String, bool)> = match database {
+        Database::Sqlite(pool) => {
+            let tables: Vec<String> = sqlx::query_scalar(
+                "select name from sqlite_master where type = 'table' \
+                 and name not like 'sqlite_%' and name <> '_sqlx_migrations'",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            let mut columns = Vec::new();
+            for table in tables {
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
+                    "select name, \"notnull\", pk from pragma_table_info('{table}')"
+                ))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                for (column, not_null, primary_key) in rows {
+                    // SQLite lets a non-integer primary key column hold null unless it says
+                    // `not null`; PostgreSQL never does.
+                    columns.push((table.clone(), column, not_null == 0 && primary_key == 0));
+                }
+            }
+            columns
+        }
+        Database::Postgres(pool) => {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(
+                "select table_name::text, column_name::text, is_nullable::text \
+                 from information_schema.columns where table_schema = 'public' \
+                 and table_name <> '_sqlx_migrations'",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            rows.into_iter()
+                .map(|(table, column, nullable)| (table, column, nullable == "YES"))
+                .collect()
+        }
+    };
+    columns.sort();
+    columns
+}
+
+#[tokio::test]
+async fn both_engines_have_one_logical_schema() {
+    let Some((postgres, _)) = support::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite_database(&dir).await;
+    let on_sqlite = logical_schema(&sqlite).await;
+    let on_postgres = logical_schema(&postgres).await;
+    assert!(on_sqlite.len() > 40, "{on_sqlite:?}");
+    let only_sqlite: Vec<_> = on_sqlite
+        .iter()
+        .filter(|column| !on_postgres.contains(column))
+        .collect();
+    let only_postgres: Vec<_> = on_postgres
+        .iter()
+        .filter(|column| !on_sqlite.contains(column))
+        .collect();
+    assert!(
+        only_sqlite.is_empty() && only_postgres.is_empty(),
+        "the migrations differ: only on SQLite {only_sqlite:?}, only on PostgreSQL {only_postgres:?}"
+    );
+}
