@@ -10,6 +10,7 @@ mod harness;
 mod proxy;
 mod realm;
 mod reconcile;
+mod replicas;
 mod restart;
 mod scheduler;
 
