@@ -188,3 +188,60 @@ export async function approveRequest(page: Page, id: string): Promise<void> {
   await expect(page).toHaveURL(/\/approvals$/);
   await expect(page.getByTestId('flash-success')).toContainText('now approved');
 }
+
+/** Removes the direct mapping of realm role `role` from `username` through the Admin API.
+ * Keycloak returns 204 whether or not the mapping existed. */
+export async function removeRealmRoleMapping(
+  request: APIRequestContext,
+  username: Username,
+  role: string,
+): Promise<void> {
+  const headers = await keycloakAdminHeaders(request);
+  const found = await request.get(`${KEYCLOAK_URL}/admin/realms/stint/roles/${encodeURIComponent(role)}`, {
+    headers,
+  });
+  expect(found.status(), `realm role ${role} in realm stint`).toBe(200);
+  const { id, name } = await found.json();
+  const userId = await keycloakUserId(request, headers, username);
+  const removed = await request.delete(`${KEYCLOAK_URL}/admin/realms/stint/users/${userId}/role-mappings/realm`, {
+    headers,
+    data: [{ id, name }],
+  });
+  expect(removed.status()).toBe(204);
+}
+
+/** Reloads My requests and returns the status of the grant made from request `id`, or null
+ * while the request has no grant. */
+export async function grantStatusOf(page: Page, id: string): Promise<string | null> {
+  await page.goto('/requests');
+  const grant = requestCard(page, id).getByTestId('grant');
+  if ((await grant.count()) === 0) return null;
+  return grant.getAttribute('data-grant-status');
+}
+
+/** Ends every open grant of `role` and cancels every pending request for it on the page's
+ * My requests, one button per page load, until neither button is left. Then it waits until
+ * the scheduler has ended each of those grants. */
+export async function endOpenAccess(page: Page, role: string): Promise<void> {
+  const cards = page.locator(`[data-testid="request"][data-role="${role}"]`);
+  const button = cards.getByTestId('end-grant').or(cards.getByTestId('cancel-request')).first();
+  for (let round = 0; round < 10; round++) {
+    await page.goto('/requests');
+    if ((await button.count()) === 0) break;
+    await button.click();
+    await expect(page).toHaveURL(/\/requests$/);
+    await expect(page.getByTestId('flash-error')).toHaveCount(0);
+  }
+  await expect(button, `an end or cancel button of ${role} after 10 rounds`).toHaveCount(0);
+  const final = ['ended', 'cancelled', 'refused', 'failed'].map((status) => `:not([data-grant-status="${status}"])`);
+  const unfinished = cards.locator(`[data-testid="grant"]${final.join('')}`);
+  await expect
+    .poll(
+      async () => {
+        await page.goto('/requests');
+        return unfinished.count();
+      },
+      { message: `grants of ${role} that have not reached a final status`, timeout: 30_000 },
+    )
+    .toBe(0);
+}
