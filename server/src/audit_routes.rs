@@ -55,12 +55,25 @@ pub struct ExportQuery {
 async fn export_history(
     State(state): State<AppState>,
     Extension(user): Extension<RequestUser>,
+    headers: axum::http::HeaderMap,
     Query(query): Query<ExportQuery>,
 ) -> Response {
     let user = match auditor(user) {
         Ok(user) => user,
         Err(response) => return *response,
     };
+    // A link on another site must not make an auditor's browser start exports, each of
+    // which is recorded in the audit log.
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes() == b"cross-site")
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "exports start from the portal's audit page, not from another site",
+        )
+            .into_response();
+    }
     let Some(format) = export::ExportFormat::parse(&query.format) else {
         let message = format!("unknown export format `{}`: use csv or json", query.format);
         return (StatusCode::BAD_REQUEST, message).into_response();

@@ -53,8 +53,12 @@ mod server_side {
             Some(day) => Some(parse_day(&day).map_err(|error| format!("from: {error}"))?),
             None => None,
         };
+        // A day given as `to` includes that day; an RFC 3339 instant is the end itself.
         let to = match optional(&query.to) {
-            Some(day) => Some(parse_day(&day).map_err(|error| format!("to: {error}"))? + 86_400),
+            Some(day) => {
+                let at = parse_day(&day).map_err(|error| format!("to: {error}"))?;
+                Some(if day.contains('T') { at } else { at + 86_400 })
+            }
             None => None,
         };
         if let (Some(from), Some(to)) = (from, to) {

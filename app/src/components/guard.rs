@@ -67,7 +67,7 @@ where
 }
 
 /// Sets the response status during server rendering; does nothing in the browser.
-fn set_status(_status: u16) {
+pub(crate) fn set_status(_status: u16) {
     #[cfg(feature = "ssr")]
     if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
         if let Ok(status) = axum::http::StatusCode::from_u16(_status) {

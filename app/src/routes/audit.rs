@@ -44,7 +44,7 @@ pub fn AuditPage() -> impl IntoView {
                             <label>"Approver" <input name="approver" value=current.approver.clone() /></label>
                             <label>"Status"
                                 <select name="status">
-                                    {["", "scheduled", "active", "ended", "refused", "failed", "cancelled", "revoking"].into_iter().map(|status| {
+                                    {["", "scheduled", "applying", "active", "revoking", "ended", "refused", "failed", "cancelled"].into_iter().map(|status| {
                                         let selected = status == current.status;
                                         view! { <option value=status selected=selected>{if status.is_empty() { "any" } else { status }}</option> }
                                     }).collect_view()}
@@ -197,9 +197,12 @@ pub fn GrantTimelinePage() -> impl IntoView {
                                     </section>
                                 }.into_any()
                             }
-                            Ok(None) => view! {
+                            Ok(None) => {
+                                crate::components::guard::set_status(404);
+                                view! {
                                 <section class="card" data-testid="timeline-missing"><h1>"Grant not found"</h1><p><a href="/audit">"Back to the history"</a></p></section>
-                            }.into_any(),
+                                }.into_any()
+                            }
                             Err(error) => view! { <ErrorNotice message=error.to_string() /> }.into_any(),
                         }
                     })}

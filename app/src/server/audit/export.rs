@@ -273,15 +273,14 @@ const EXPORT_SELECT: &str = "select e.id as event_id, e.occurred_at as occurred_
     left join access_grant g on g.request_id = r.id";
 
 /// Streams the events of `filter`, oldest first, to `out` in `format`, and returns what
-/// was written. The chain head is read first, so the trailer names an event at or after
-/// the last one exported.
+/// was written. The chain head is read after the last row, so the trailer names an event
+/// at or after the last one exported.
 pub async fn write_export<W: AsyncWrite + Unpin + Send>(
     database: &Database,
     filter: &HistoryFilter,
     format: ExportFormat,
     out: &mut W,
 ) -> Result<ExportSummary, ExportError> {
-    let chain_head = super::chain::head(database).await?;
     let (clause, values) = where_clause(filter);
     let sql = format!("{EXPORT_SELECT}{clause} order by e.id");
     if format == ExportFormat::Csv {
@@ -310,6 +309,7 @@ pub async fn write_export<W: AsyncWrite + Unpin + Send>(
         }
         .await
     })?;
+    let chain_head = super::chain::head(database).await?;
     let (head_id, head_hash) = chain_head
         .clone()
         .map(|(id, hash)| (id.to_string(), hash))
