@@ -66,7 +66,7 @@ async fn export_history(
     // which is recorded in the audit log.
     if headers
         .get("sec-fetch-site")
-        .is_some_and(|site| site.as_bytes() == b"cross-site")
+        .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"))
     {
         return (
             StatusCode::FORBIDDEN,

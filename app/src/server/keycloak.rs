@@ -120,11 +120,12 @@ impl KeycloakAdmin {
             ])
             .send()
             .await
-            .map_err(|error| AdminError::Token(error.to_string()))?;
+            .map_err(|error| AdminError::Token(error.without_url().to_string()))?;
         if !response.status().is_success() {
             return Err(AdminError::Token(format!(
-                "POST {url} returned {}: check keycloak.client_id, the client secret and that \
-                 the client has service accounts enabled",
+                "the token endpoint of realm `{}` returned {}: check keycloak.client_id, the \
+                 client secret and that the client has service accounts enabled",
+                self.realm,
                 response.status()
             )));
         }
@@ -167,7 +168,8 @@ impl KeycloakAdmin {
             path.join("/")
         );
         let url = url.trim_end_matches('/').to_owned();
-        let what = format!("{method} {url}");
+        // The host stays out of messages: they reach the grant's holder and the audit log.
+        let what = format!("{method} …/{}", path.join("/"));
         let mut renew = false;
         loop {
             let token = self.token(renew).await?;
@@ -184,7 +186,7 @@ impl KeycloakAdmin {
                 .await
                 .map_err(|error| AdminError::Transport {
                     what: what.clone(),
-                    reason: error.to_string(),
+                    reason: error.without_url().to_string(),
                 })?;
             if response.status() == StatusCode::UNAUTHORIZED && !renew {
                 tracing::info!(%url, "Keycloak returned 401; fetching a new service-account token");

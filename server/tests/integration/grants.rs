@@ -434,6 +434,37 @@ async fn extension_keeps_mapping_until_the_last_end(database: Database) {
     assert!(!harness.keycloak.has("alice-sub", "db-admin"));
 }
 
+async fn ending_a_grant_ends_its_extension(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = harness.scheduler();
+    let first = harness.grant("alice", "db-admin", 600, None).await;
+    scheduler.run_once().await.unwrap();
+    harness.set_time(NOW + 100);
+    let extension = harness
+        .request("alice", "db-admin", 600, None, Some(first.clone()))
+        .await
+        .unwrap();
+    scheduler.run_once().await.unwrap();
+    assert_eq!(harness.status(&extension).await, GrantStatus::Active);
+
+    grants::end_early(&harness.database, &first, &actor("alice"), NOW + 100)
+        .await
+        .unwrap();
+    // The extension began this second, so it ends one second later, not before it began.
+    harness.set_time(NOW + 101);
+    scheduler.run_once().await.unwrap();
+    assert_eq!(harness.status(&first).await, GrantStatus::Ended);
+    assert_eq!(harness.status(&extension).await, GrantStatus::Ended);
+    assert!(
+        !harness.keycloak.has("alice-sub", "db-admin"),
+        "End now removes the role even with an extension"
+    );
+    assert!(harness
+        .actions(&extension)
+        .await
+        .contains(&"grant_ended_early".to_owned()));
+}
+
 async fn outage_is_retried_until_revoked(database: Database) {
     let harness = Harness::new(database);
     let scheduler = harness.scheduler();
@@ -759,6 +790,7 @@ on_both_engines!(
     apply_and_revoke,
     preexisting_mapping_is_kept,
     extension_keeps_mapping_until_the_last_end,
+    ending_a_grant_ends_its_extension,
     outage_is_retried_until_revoked,
     deleted_user_and_role_fail_without_retries,
     ineligible_requester_is_refused_at_start,

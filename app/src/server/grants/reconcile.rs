@@ -130,6 +130,19 @@ impl Reconciler {
                 if self.has_open_grant(subject, &role.key).await? {
                     continue;
                 }
+                // And the mapping itself: a grant may have ended and removed it meanwhile.
+                match self.mappings.has_direct_mapping(subject, &role_ref).await {
+                    Ok(Some(true)) => {}
+                    Ok(_) => continue,
+                    Err(failure) => {
+                        summary.errors.push(format!(
+                            "{}: reading the mapping of {username} failed: {}",
+                            role.key,
+                            failure.message()
+                        ));
+                        continue;
+                    }
+                }
                 if role.jit_only {
                     match self.mappings.remove_mapping(subject, &role_ref).await {
                         Ok(answer) => {
@@ -316,10 +329,13 @@ impl Reconciler {
                 .bind(kind)
                 .execute(&mut *tx)
                 .await?;
-                if known.rows_affected() == 0 {
+                // Two replicas may find the same thing at once: the partial unique index
+                // keeps one open row, and only the replica that inserted it writes the event.
+                let inserted = if known.rows_affected() == 0 {
                     sqlx::query(
                         "insert into reconcile_finding (subject, username, role_key, kind, detail, \
-                         first_seen, last_seen) values ($1, $2, $3, $4, $5, $6, $6)",
+                         first_seen, last_seen) values ($1, $2, $3, $4, $5, $6, $6) \
+                         on conflict (subject, role_key, kind) where resolved_at is null do nothing",
                     )
                     .bind(subject)
                     .bind(username)
@@ -328,7 +344,12 @@ impl Reconciler {
                     .bind(detail)
                     .bind(now)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected()
+                } else {
+                    0
+                };
+                if inserted > 0 {
                     let action = match kind {
                         "removed" => "standing_access_removed",
                         "restored" => "drift_mapping_restored",

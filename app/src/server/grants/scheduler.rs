@@ -387,7 +387,7 @@ impl Scheduler {
         let updated = with_pool!(&self.database, |pool| {
             sqlx::query(
                 "update access_grant set status = 'applying', preexisting = $1, role_id = $2, \
-                 updated_at = $3 where id = $4 and lease_owner = $5",
+                 updated_at = $3 where id = $4 and lease_owner = $5 and status = 'scheduled'",
             )
             .bind(i64::from(preexisting))
             .bind(&role_ref.id)
@@ -451,6 +451,9 @@ impl Scheduler {
                     Ok(Some(role_ref)) => role_ref,
                 },
             };
+            if !self.renew_lease(grant).await? {
+                return Ok(Step::Done);
+            }
             match self.mappings.add_mapping(&grant.subject, &role_ref).await {
                 Ok(answer) => answer.0,
                 Err(Failure::Gone(reason)) => {
@@ -468,7 +471,7 @@ impl Scheduler {
                 let updated = sqlx::query(
                     "update access_grant set status = 'active', applied_at = $1, due_at = ends_at, \
                      attempts = 0, last_error = null, lease_owner = null, lease_expires_at = null, \
-                     updated_at = $1 where id = $2 and lease_owner = $3",
+                     updated_at = $1 where id = $2 and lease_owner = $3 and status = 'applying'",
                 )
                 .bind(now)
                 .bind(&grant.id)
@@ -557,6 +560,9 @@ impl Scheduler {
             }
             Ok(Some(role_ref)) => role_ref,
         };
+        if !self.renew_lease(grant).await? {
+            return Ok(Step::Done);
+        }
         let answer = match self
             .mappings
             .remove_mapping(&grant.subject, &role_ref)
@@ -655,7 +661,8 @@ impl Scheduler {
                     "update access_grant set status = 'ended', revoked_at = $1, outcome = $2, \
                      still_effective = $3, tokens_expire_by = $4, attempts = 0, last_error = null, \
                      lease_owner = null, lease_expires_at = null, updated_at = $1 \
-                     where id = $5 and lease_owner = $6",
+                     where id = $5 and lease_owner = $6 \
+                     and status in ('applying', 'active', 'revoking')",
                 )
                 .bind(now)
                 .bind(outcome)
@@ -725,7 +732,8 @@ impl Scheduler {
                 let mut tx = pool.begin().await?;
                 let updated = sqlx::query(
                     "update access_grant set status = $1, outcome = $2, lease_owner = null, \
-                     lease_expires_at = null, updated_at = $3 where id = $4 and lease_owner = $5",
+                     lease_expires_at = null, updated_at = $3 where id = $4 and lease_owner = $5 \
+                     and status in ('scheduled', 'applying', 'active', 'revoking')",
                 )
                 .bind(to.as_str())
                 .bind(reason)
@@ -786,7 +794,8 @@ impl Scheduler {
                  status = case when $1 = 1 then 'revoking' else status end, \
                  attempts = $2, last_error = $3, due_at = $4, \
                  lease_owner = null, lease_expires_at = null, updated_at = $5 \
-                 where id = $6 and lease_owner = $7",
+                 where id = $6 and lease_owner = $7 \
+                 and status in ('scheduled', 'applying', 'active', 'revoking')",
             )
             .bind(i64::from(revoking))
             .bind(attempts)
@@ -800,6 +809,32 @@ impl Scheduler {
             .map(|done| done.rows_affected())
         })?;
         Ok(())
+    }
+
+    /// Extends this replica's lease on `grant` just before a Keycloak write, so the write
+    /// cannot overlap another replica's step. Returns false when the lease is gone (it
+    /// expired and another replica may hold the grant, or the grant reached a final
+    /// status); the caller then skips the write.
+    async fn renew_lease(&self, grant: &Grant) -> Result<bool, StoreError> {
+        let now = self.now();
+        let until = now + self.settings.lease.as_secs().max(1) as i64;
+        let renewed = with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "update access_grant set lease_expires_at = $1 where id = $2 and lease_owner = $3 \
+                 and lease_expires_at > $4 and status in ('scheduled', 'applying', 'active', 'revoking')",
+            )
+            .bind(until)
+            .bind(&grant.id)
+            .bind(&self.owner)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        if renewed == 0 {
+            tracing::warn!(grant_id = %grant.id, request_id = %grant.request_id, "lease lost before a Keycloak write; the write is skipped");
+        }
+        Ok(renewed > 0)
     }
 
     /// Gives the lease back without a change, with the next due time.

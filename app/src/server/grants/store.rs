@@ -381,25 +381,33 @@ pub async fn end_early(
                     )))
                 }
             };
-            if to == GrantStatus::Cancelled {
+            let changed = if to == GrantStatus::Cancelled {
                 sqlx::query(
                     "update access_grant set status = 'cancelled', outcome = $1, \
-                     updated_at = $2 where id = $3",
+                     updated_at = $2 where id = $3 and status = 'scheduled'",
                 )
                 .bind("ended by its holder before it started")
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected()
             } else {
                 sqlx::query(
                     "update access_grant set ends_at = $1, due_at = $1, updated_at = $1 \
-                     where id = $2 and ends_at > $1",
+                     where id = $2 and ends_at > $1 and status in ('applying', 'active')",
                 )
                 .bind(now.max(grant.starts_at + 1))
                 .bind(id)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected()
+            };
+            if changed == 0 {
+                // The end has passed already: the scheduler is revoking it.
+                return Err(StoreError::GrantAction(GrantActionError::AlreadyFinal(
+                    "ended",
+                )));
             }
             let event = GrantEvent {
                 actor: Some(holder),
@@ -409,6 +417,57 @@ pub async fn end_early(
                 comment: "",
             };
             grant_audit!(tx, database, now, &grant.request_id, id, &event)?;
+
+            // Ending a grant ends its extensions too: the holder asked to lose the role.
+            let others: Vec<(String, String, String)> = sqlx::query_as(
+                "select id, request_id, status from access_grant where subject = $1 \
+                 and role_key = $2 and id <> $3 and status in ('scheduled', 'applying', 'active') \
+                 and ends_at > $4",
+            )
+            .bind(&grant.subject)
+            .bind(&grant.role_key)
+            .bind(id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (other, request_id, status) in others {
+                let from = GrantStatus::parse(&status).unwrap_or(GrantStatus::Active);
+                let to = if from == GrantStatus::Scheduled {
+                    sqlx::query(
+                        "update access_grant set status = 'cancelled', outcome = $1, \
+                         updated_at = $2 where id = $3",
+                    )
+                    .bind("ended by its holder before it started")
+                    .bind(now)
+                    .bind(&other)
+                    .execute(&mut *tx)
+                    .await?;
+                    GrantStatus::Cancelled
+                } else {
+                    // A grant cannot end before it starts: one that began this second ends
+                    // one second later.
+                    sqlx::query(
+                        "update access_grant set \
+                         ends_at = case when starts_at + 1 > $1 then starts_at + 1 else $1 end, \
+                         due_at = case when starts_at + 1 > $1 then starts_at + 1 else $1 end, \
+                         updated_at = $1 where id = $2 and ends_at > $1",
+                    )
+                    .bind(now)
+                    .bind(&other)
+                    .execute(&mut *tx)
+                    .await?;
+                    from
+                };
+                let comment = format!("ended with grant {id}");
+                let event = GrantEvent {
+                    actor: Some(holder),
+                    action: "grant_ended_early",
+                    from,
+                    to,
+                    comment: &comment,
+                };
+                grant_audit!(tx, database, now, &request_id, &other, &event)?;
+            }
             tx.commit().await?;
             Ok(to)
         }

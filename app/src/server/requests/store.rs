@@ -452,16 +452,23 @@ pub async fn cancel(
     requester: &Actor,
     now: i64,
 ) -> Result<(), StoreError> {
+    // Locked like `decide` locks it, so a cancel and an approval at the same moment cannot
+    // both succeed.
+    let row_lock = match database {
+        Database::Sqlite(_) => "",
+        Database::Postgres(_) => " for update",
+    };
+    let select = format!(
+        "select requester_subject, status, approvals_required, approval_deadline \
+         from access_request where id = $1{row_lock}"
+    );
     with_pool!(database, |pool| {
         async {
             let mut tx = pool.begin_with(database.begin_for_write()).await?;
-            let row: Option<(String, String, i64, i64)> = sqlx::query_as(
-                "select requester_subject, status, approvals_required, approval_deadline \
-                 from access_request where id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let row: Option<(String, String, i64, i64)> = sqlx::query_as(&select)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some((requester_subject, status, _, approval_deadline)) = row else {
                 return Err(StoreError::NotFound(id.to_owned()));
             };
@@ -473,13 +480,19 @@ pub async fn cancel(
                 approval_deadline,
             };
             rules::cancel(&facts, &requester.subject)?;
-            sqlx::query(
-                "update access_request set status = 'cancelled', updated_at = $1 where id = $2",
+            let updated = sqlx::query(
+                "update access_request set status = 'cancelled', updated_at = $1 \
+                 where id = $2 and status = 'pending'",
             )
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::Cancel(rules::CancelError::NotPending(
+                    RequestStatus::Approved,
+                )));
+            }
             append_audit!(
                 tx,
                 database,
