@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs the revocation benchmark (server/benches/revoke) against a dev Keycloak on
+# 127.0.0.1:$BENCH_KEYCLOAK_PORT (default 8193). A Keycloak that already serves the stint
+# realm there is reused and left running. Otherwise one is started with dev/keycloak.sh
+# and an in-memory database (KEYCLOAK_DB=dev-mem) and stopped when the run ends.
+# Figures go to stdout, progress and build output to stderr. See bench/README.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
+BENCH_KEYCLOAK_PORT="${BENCH_KEYCLOAK_PORT:-8193}"
+export BENCH_KEYCLOAK_PORT
+readonly DISCOVERY_URL="http://127.0.0.1:$BENCH_KEYCLOAK_PORT/realms/stint/.well-known/openid-configuration"
+
+log() {
+  printf 'revoke.sh: %s\n' "$*" >&2
+}
+
+command -v curl >/dev/null || {
+  log "error: curl not found: install curl (apt-get install curl)"
+  exit 1
+}
+command -v cargo >/dev/null || {
+  log "error: cargo not found: install Rust with rustup"
+  exit 1
+}
+
+started_keycloak=0
+stop_keycloak() {
+  if ((started_keycloak)); then
+    KEYCLOAK_PORT="$BENCH_KEYCLOAK_PORT" "$ROOT/dev/keycloak.sh" stop
+  fi
+}
+trap stop_keycloak EXIT
+
+if [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$DISCOVERY_URL")" == 200 ]]; then
+  log "reusing the Keycloak that serves the stint realm on port $BENCH_KEYCLOAK_PORT"
+else
+  started_keycloak=1
+  KEYCLOAK_PORT="$BENCH_KEYCLOAK_PORT" KEYCLOAK_DB=dev-mem "$ROOT/dev/keycloak.sh" start
+fi
+
+cd "$ROOT"
+cargo bench -p server --bench revoke
