@@ -46,7 +46,7 @@ fn field(out: &mut Vec<u8>, value: Option<&str>) {
 }
 
 impl AuditRecord<'_> {
-    /// The hash of this event when it follows an event whose hash is `prev_hash`: SHA-256,
+    /// Returns the hash of this event when it follows an event whose hash is `prev_hash`: SHA-256,
     /// in lower-case hex, of the link and every stored field.
     pub fn hash(&self, prev_hash: &str) -> String {
         let mut bytes = Vec::with_capacity(256 + self.comment.len());
@@ -127,7 +127,7 @@ struct StoredEvent {
     hash: Option<String>,
 }
 
-/// Where the chain breaks first.
+/// The first break in the chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainBreak {
     pub event_id: i64,

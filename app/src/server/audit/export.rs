@@ -44,7 +44,7 @@ impl ExportFormat {
     }
 }
 
-/// Which events an export or the history page covers. Every field narrows the set; an
+/// The events that an export or the history page covers. Every field narrows the set; an
 /// empty filter covers the whole log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryFilter {
@@ -196,7 +196,7 @@ macro_rules! bind_filter {
 }
 pub(crate) use bind_filter;
 
-/// What an export wrote.
+/// The size and chain head of a finished export.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSummary {
     pub rows: u64,

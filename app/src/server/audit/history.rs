@@ -7,7 +7,7 @@ use super::export::{bind_filter, FilterValue, HistoryFilter};
 use crate::server::db::Database;
 use crate::with_pool;
 
-/// Longest range the daily chart covers.
+/// Maximum number of days the daily chart covers.
 pub const MAX_CHART_DAYS: i64 = 92;
 
 const DAY: i64 = 86_400;
@@ -29,8 +29,8 @@ pub struct HistoryGrant {
     pub outcome: Option<String>,
 }
 
-/// The `where` clause of a grant query: the grant's window overlaps the range, and the
-/// request matches the other fields.
+/// Builds the `where` clause of a grant query: the grant's window overlaps the range, and
+/// the request matches the other fields.
 fn grant_clause(filter: &HistoryFilter) -> (String, Vec<FilterValue>) {
     let mut clauses = Vec::new();
     let mut values = Vec::new();
