@@ -313,6 +313,26 @@ impl Scheduler {
         }
     }
 
+    /// Resolves the grant's role, or ends the grant as failed with `missing(role)` as the
+    /// reason when Keycloak no longer has it. `Err` carries the step to return.
+    async fn role_or_stop(
+        &self,
+        grant: &Grant,
+        now: i64,
+        missing: fn(&KeycloakRole) -> String,
+    ) -> Result<Result<RoleRef, Step>, StoreError> {
+        match self.resolve_role(grant).await {
+            Err(failure) => Ok(Err(Step::Retry(failure))),
+            Ok(None) => {
+                let reason = missing(&Self::keycloak_role(grant));
+                self.finish(grant, GrantStatus::Failed, "grant_failed", &reason, now)
+                    .await?;
+                Ok(Err(Step::Done))
+            }
+            Ok(Some(role_ref)) => Ok(Ok(role_ref)),
+        }
+    }
+
     /// First step at the start time: check eligibility, record whether the user already
     /// held the role, then apply.
     async fn start(&self, grant: &Grant, now: i64) -> Result<Step, StoreError> {
@@ -356,18 +376,9 @@ impl Scheduler {
                 Ok(Some(_)) => {}
             }
         }
-        let role_ref = match self.resolve_role(grant).await {
-            Err(failure) => return Ok(Step::Retry(failure)),
-            Ok(None) => {
-                let reason = format!(
-                    "not applied: {} no longer exists in Keycloak",
-                    Self::keycloak_role(grant)
-                );
-                self.finish(grant, GrantStatus::Failed, "grant_failed", &reason, now)
-                    .await?;
-                return Ok(Step::Done);
-            }
-            Ok(Some(role_ref)) => role_ref,
+        let role_ref = match self.role_or_stop(grant, now, not_applied).await? {
+            Ok(role_ref) => role_ref,
+            Err(step) => return Ok(step),
         };
         let present = match self
             .mappings
@@ -437,18 +448,9 @@ impl Scheduler {
         } else {
             let role_ref = match role_ref {
                 Some(role_ref) => role_ref,
-                None => match self.resolve_role(grant).await {
-                    Err(failure) => return Ok(Step::Retry(failure)),
-                    Ok(None) => {
-                        let reason = format!(
-                            "not applied: {} no longer exists in Keycloak",
-                            Self::keycloak_role(grant)
-                        );
-                        self.finish(grant, GrantStatus::Failed, "grant_failed", &reason, now)
-                            .await?;
-                        return Ok(Step::Done);
-                    }
-                    Ok(Some(role_ref)) => role_ref,
+                None => match self.role_or_stop(grant, now, not_applied).await? {
+                    Ok(role_ref) => role_ref,
+                    Err(step) => return Ok(step),
                 },
             };
             if !self.renew_lease(grant).await? {
@@ -547,18 +549,9 @@ impl Scheduler {
             self.revoked(grant, &outcome, false, None, now).await?;
             return Ok(Step::Done);
         }
-        let role_ref = match self.resolve_role(grant).await {
-            Err(failure) => return Ok(Step::Retry(failure)),
-            Ok(None) => {
-                let reason = format!(
-                    "ended as failed: {} was deleted in Keycloak, which removed its mappings",
-                    Self::keycloak_role(grant)
-                );
-                self.finish(grant, GrantStatus::Failed, "grant_failed", &reason, now)
-                    .await?;
-                return Ok(Step::Done);
-            }
-            Ok(Some(role_ref)) => role_ref,
+        let role_ref = match self.role_or_stop(grant, now, deleted_at_end).await? {
+            Ok(role_ref) => role_ref,
+            Err(step) => return Ok(step),
         };
         if !self.renew_lease(grant).await? {
             return Ok(Step::Done);
@@ -853,6 +846,14 @@ impl Scheduler {
         })?;
         Ok(())
     }
+}
+
+fn not_applied(role: &KeycloakRole) -> String {
+    format!("not applied: {role} no longer exists in Keycloak")
+}
+
+fn deleted_at_end(role: &KeycloakRole) -> String {
+    format!("ended as failed: {role} was deleted in Keycloak, which removed its mappings")
 }
 
 /// Seconds before attempt `attempts + 1`: 2^(attempts-1) seconds, at most `max`, with a
