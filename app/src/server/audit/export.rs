@@ -128,14 +128,46 @@ pub fn rfc3339(seconds: i64) -> String {
         .unwrap_or_else(|| seconds.to_string())
 }
 
+/// A `where` clause built condition by condition, with numbered placeholders.
+#[derive(Default)]
+pub(crate) struct WhereClause {
+    conditions: Vec<String>,
+    values: Vec<FilterValue>,
+}
+
+impl WhereClause {
+    /// Adds `condition`, whose `?` becomes the next placeholder, bound to `value`.
+    pub(crate) fn bind(&mut self, condition: &str, value: FilterValue) {
+        self.values.push(value);
+        let placeholder = format!("${}", self.values.len());
+        self.conditions.push(condition.replace('?', &placeholder));
+    }
+
+    /// Adds a condition without a value.
+    pub(crate) fn add(&mut self, condition: &str) {
+        self.conditions.push(condition.to_owned());
+    }
+
+    /// Returns the clause, empty or starting with ` where`, and the values to bind in order.
+    pub(crate) fn finish(self) -> (String, Vec<FilterValue>) {
+        if self.conditions.is_empty() {
+            return (String::new(), self.values);
+        }
+        (
+            format!(" where {}", self.conditions.join(" and ")),
+            self.values,
+        )
+    }
+}
+
+/// The condition that an approver named by the bound value decided the request `r`.
+pub(crate) const DECIDED_BY: &str =
+    "exists (select 1 from approval a where a.request_id = r.id and a.approver_username = ?)";
+
 /// Builds the `where` clause of `filter` with numbered placeholders, and its values.
 pub(crate) fn where_clause(filter: &HistoryFilter) -> (String, Vec<FilterValue>) {
-    let mut clauses = Vec::new();
-    let mut values = Vec::new();
-    let mut push = |clause: &str, value: FilterValue| {
-        values.push(value);
-        clauses.push(clause.replace('?', &format!("${}", values.len())));
-    };
+    let mut clause = WhereClause::default();
+    let mut push = |condition: &str, value: FilterValue| clause.bind(condition, value);
     if let Some(from) = filter.from {
         push("e.occurred_at >= ?", FilterValue::Int(from));
     }
@@ -158,20 +190,12 @@ pub(crate) fn where_clause(filter: &HistoryFilter) -> (String, Vec<FilterValue>)
         );
     }
     if let Some(approver) = &filter.approver {
-        push(
-            "exists (select 1 from approval a where a.request_id = r.id and a.approver_username = ?)",
-            FilterValue::Text(approver.clone()),
-        );
+        push(DECIDED_BY, FilterValue::Text(approver.clone()));
     }
     if filter.narrows_requests() {
-        clauses.push("r.id is not null".into());
+        clause.add("r.id is not null");
     }
-    let clause = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!(" where {}", clauses.join(" and "))
-    };
-    (clause, values)
+    clause.finish()
 }
 
 /// A value bound to a filter placeholder.
@@ -215,7 +239,7 @@ pub enum ExportError {
 
 /// Neutralises a CSV cell that a spreadsheet would run as a formula (starting with `=`,
 /// `+`, `-`, `@`, a tab or a carriage return) by putting a `'` in front, then quotes it
-/// when it holds a comma, a quote or a line break.
+/// when it contains a comma, a quote or a line break.
 pub fn csv_cell(text: &str) -> String {
     let guarded = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{text}")

@@ -3,7 +3,7 @@
 
 use futures::TryStreamExt;
 
-use super::export::{bind_filter, FilterValue, HistoryFilter};
+use super::export::{bind_filter, FilterValue, HistoryFilter, WhereClause, DECIDED_BY};
 use crate::server::db::Database;
 use crate::with_pool;
 
@@ -32,12 +32,8 @@ pub struct HistoryGrant {
 /// Builds the `where` clause of a grant query: the grant's window overlaps the range, and
 /// the request matches the other fields.
 fn grant_clause(filter: &HistoryFilter) -> (String, Vec<FilterValue>) {
-    let mut clauses = Vec::new();
-    let mut values = Vec::new();
-    let mut push = |clause: &str, value: FilterValue| {
-        values.push(value);
-        clauses.push(clause.replace('?', &format!("${}", values.len())));
-    };
+    let mut clause = WhereClause::default();
+    let mut push = |condition: &str, value: FilterValue| clause.bind(condition, value);
     if let Some(from) = filter.from {
         push(
             "coalesce(g.revoked_at, g.ends_at) > ?",
@@ -60,17 +56,9 @@ fn grant_clause(filter: &HistoryFilter) -> (String, Vec<FilterValue>) {
         push("g.status = ?", FilterValue::Text(status.clone()));
     }
     if let Some(approver) = &filter.approver {
-        push(
-            "exists (select 1 from approval a where a.request_id = r.id and a.approver_username = ?)",
-            FilterValue::Text(approver.clone()),
-        );
+        push(DECIDED_BY, FilterValue::Text(approver.clone()));
     }
-    let clause = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!(" where {}", clauses.join(" and "))
-    };
-    (clause, values)
+    clause.finish()
 }
 
 /// Returns up to `limit` grants of `filter`, newest start first.
@@ -127,8 +115,8 @@ pub async fn deciders(
     })
 }
 
-/// Counts the grants of `filter` that held the role on each UTC day from `from` to `to`
-/// (at most [`MAX_CHART_DAYS`] days): a grant counts on a day when the time from its
+/// Counts the grants of `filter` that had the role on each UTC day from `from` to `to`, for
+/// at most [`MAX_CHART_DAYS`] days. A grant counts on a day when the time from its
 /// application to its revocation (or its end, or `now` while it lasts) overlaps that day.
 /// Grants are read as a stream, so memory depends on the number of days only.
 pub async fn active_per_day(
