@@ -92,7 +92,7 @@ async fn export_history(
     )
     .await
     {
-        tracing::error!(%error, "recording an export failed; the export is refused");
+        tracing::error!(%error, "recording an export failed, so the export is rejected");
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             "the export could not be recorded; try again",

@@ -69,7 +69,7 @@ pub struct SchedulerConfig {
     pub lease: String,
     /// Keycloak calls in flight at once.
     pub concurrency: usize,
-    /// Longest wait between two attempts of a failing step.
+    /// Maximum wait between two attempts of a failing step.
     pub max_backoff: String,
     /// How often the grants are compared with Keycloak's mappings; `0s` turns it off.
     pub reconcile_interval: String,

@@ -222,7 +222,7 @@ const REQUIRED_ROLES: &[(&str, &str)] = &[
     ("query-groups", "look up the catalog's groups"),
 ];
 
-/// Checks at start-up that the service account holds the realm-management roles the
+/// Checks at start-up that the service account has the realm-management roles the
 /// portal needs, so a missing permission stops the start with its name instead of failing
 /// the first grant. Keycloak being unreachable only logs a warning; the scheduler retries.
 async fn check_service_account(admin: &KeycloakAdmin, catalog: &Catalog) -> Result<(), StartError> {
@@ -250,7 +250,7 @@ async fn check_service_account(admin: &KeycloakAdmin, catalog: &Catalog) -> Resu
         .map(|(role, purpose)| format!("{role} (to {purpose})"))
         .collect();
     if missing.is_empty() {
-        tracing::info!("the service account holds every realm-management role the portal needs");
+        tracing::info!("the service account has every realm-management role the portal needs");
         return Ok(());
     }
     Err(StartError::Permissions(format!(

@@ -168,7 +168,7 @@ async fn submit(
             flash_and_redirect(&session, flash, &back).await
         }
         Err(error @ (StoreError::OverlappingGrant { .. } | StoreError::NotExtendable(_))) => {
-            tracing::info!(%error, role = %role.key, subject = %user.subject, "access request refused");
+            tracing::info!(%error, role = %role.key, subject = %user.subject, "access request rejected");
             let flash = Flash {
                 error: Some(format!("The request was not sent: {error}.")),
                 values,

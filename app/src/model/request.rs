@@ -64,7 +64,7 @@ pub struct GrantView {
     pub status: String,
     pub starts: String,
     pub ends: String,
-    /// Why the grant reached its final status, or what happened at its end.
+    /// The reason for the grant's final status, or the result at its end.
     pub outcome: String,
     /// The last failed attempt's error while the scheduler retries.
     pub last_error: String,

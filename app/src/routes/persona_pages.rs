@@ -112,7 +112,7 @@ pub fn AdminPage() -> impl IntoView {
     }
 }
 
-/// The scheduler's status for admins, one table per section.
+/// Renders the scheduler's status for admins, one table per section.
 #[component]
 fn GrantStatusSections(status: crate::model::request::GrantStatusView) -> impl IntoView {
     use crate::model::request::GrantView;

@@ -6,7 +6,7 @@ use crate::components::flash::{ErrorNotice, FlashNotice};
 use crate::model::request::{Flash, GrantView, RoleView};
 
 /// The request form for one role. It posts to `/requests/submit`, which redirects back here
-/// with the entered values and field errors when a check fails. While the user holds an
+/// with the entered values and field errors when a check fails. While the user has an
 /// active grant of the role, the form asks to extend that grant instead.
 #[component]
 pub fn NewRequestPage() -> impl IntoView {

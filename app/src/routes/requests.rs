@@ -76,8 +76,8 @@ pub fn RequestCard(request: RequestView, #[prop(optional)] cancellable: bool) ->
     }
 }
 
-/// The grant made from a request: its window, status and outcome; for its holder, the
-/// buttons to end it now or ask for more time.
+/// Renders the grant made from a request: its window, status and outcome, and for its
+/// holder the buttons to end it now or ask for more time.
 #[component]
 pub fn GrantFacts(
     grant: GrantView,

@@ -134,7 +134,7 @@ pub struct CatalogRole {
 }
 
 impl CatalogRole {
-    /// The Keycloak role that a grant of this entry maps.
+    /// Returns the Keycloak role that a grant of this entry maps.
     pub fn grant_target(&self) -> crate::server::grants::store::GrantTarget {
         let (client_id, role_name) = match &self.role {
             KeycloakRole::Realm(name) => (None, name.clone()),

@@ -115,10 +115,10 @@ impl Database {
         })
     }
 
-    /// The statement that opens a transaction which reads rows and then writes depending
-    /// on them. SQLite's `BEGIN IMMEDIATE` takes the write lock at once, so two such
-    /// transactions queue instead of the later one failing when it starts to write;
-    /// PostgreSQL's row locks (`for update`) do that job there.
+    /// Returns the statement that opens a transaction which reads rows and then writes
+    /// depending on them. SQLite's `BEGIN IMMEDIATE` takes the write lock at once, so two
+    /// such transactions queue instead of the later one failing when it starts to write.
+    /// On PostgreSQL, row locks (`for update`) do that job.
     pub fn begin_for_write(&self) -> &'static str {
         match self {
             Self::Sqlite(_) => "BEGIN IMMEDIATE",

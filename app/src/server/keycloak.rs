@@ -93,7 +93,7 @@ impl KeycloakAdmin {
         }
     }
 
-    /// The `clientId` of the portal's service account.
+    /// Returns the `clientId` of the portal's service account.
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
@@ -389,7 +389,7 @@ impl KeycloakAdmin {
     }
 }
 
-/// A Keycloak role as the Admin API knows it: its id and name, and the internal id of its
+/// A Keycloak role as the Admin API returns it: its id and name, and the internal id of its
 /// client for a client role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleRef {
@@ -432,7 +432,7 @@ struct RealmRepresentation {
     access_token_lifespan: Option<i64>,
 }
 
-/// What a role-mapping write returned: the method, path and status, as the audit log
+/// The response to a role-mapping write: the method, path and status, as the audit log
 /// records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeycloakAnswer(pub String);
@@ -508,7 +508,7 @@ impl KeycloakAdmin {
 
     /// Adds (`POST`) or removes (`DELETE`) the direct mapping of `role` to `user_id`. The body
     /// is always a one-element array: Keycloak reads a missing DELETE body as "remove every
-    /// mapping". Returns Keycloak's answer; a 404 means the user or role no longer exists.
+    /// mapping". Returns Keycloak's response. A 404 means the user or role no longer exists.
     pub async fn write_mapping(
         &self,
         method: reqwest::Method,
@@ -587,7 +587,7 @@ impl KeycloakAdmin {
         }
     }
 
-    /// Returns the realm's access-token lifespan in seconds (300 when the realm does not say).
+    /// Returns the realm's access-token lifespan in seconds (300 when the realm sets none).
     pub async fn access_token_lifespan(&self) -> Result<i64, AdminError> {
         let response = self.get(&[], &[]).await?;
         let realm: RealmRepresentation = require_found(

@@ -232,7 +232,7 @@ async fn command_line_exports_and_verifies() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("write it as YYYY-MM-DD"));
 
-    // The export itself is in the log, and the chain still holds with it.
+    // The export itself is in the log, and the chain is still intact with it.
     let events: Vec<(String, String)> = server::with_pool!(&database, |pool| {
         sqlx::query_as("select action, comment from audit_event where action = 'audit_exported'")
             .fetch_all(pool)

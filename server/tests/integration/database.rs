@@ -134,8 +134,8 @@ async fn logical_schema(database: &Database) -> Vec<(String, String, bool)> {
                 .await
                 .unwrap();
                 for (column, not_null, primary_key) in rows {
-                    // SQLite lets a non-integer primary key column hold null unless it says
-                    // `not null`; PostgreSQL never does.
+                    // SQLite lets a non-integer primary key column hold null unless it is declared
+                    // `not null`, while PostgreSQL never does.
                     columns.push((table.clone(), column, not_null == 0 && primary_key == 0));
                 }
             }

@@ -727,7 +727,7 @@ async fn reconciliation_restores_and_reports(database: Database) {
         ])
     );
 
-    // A second run sees the standing mapping again and writes no second audit event.
+    // A second run finds the standing mapping again and writes no second audit event.
     let before: i64 = count_audit(&harness.database, "standing_access_found").await;
     reconciler.run(NOW + 200).await.unwrap();
     assert_eq!(

@@ -430,8 +430,8 @@ async fn postgres_concurrent_decisions() {
     concurrent_decisions(&database).await;
 }
 
-/// The hash chain: intact after a normal flow; an event changed or deleted by hand, past
-/// the append-only triggers, is named by the verification.
+/// Checks the hash chain: it is intact after a normal flow, and an event changed or
+/// deleted by hand past the append-only triggers is named by the verification.
 async fn audit_chain_detects_tampering(database: &Database) {
     use app::server::audit::chain;
 

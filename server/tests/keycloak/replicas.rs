@@ -59,7 +59,7 @@ reconcile_interval = "0s"
         .unwrap()
 }
 
-/// Kills `child` and returns the ids of the grants its log says it applied and ended.
+/// Kills `child` and returns the ids of the grants its log reports as applied and ended.
 fn stop_and_read_log(mut child: Child) -> (Vec<String>, Vec<String>) {
     child.kill().unwrap();
     let mut log = String::new();

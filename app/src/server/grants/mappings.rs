@@ -14,7 +14,7 @@ pub enum Failure {
     /// The service account lacks a permission (403): an administrator must fix the realm.
     /// Retried with back-off, so the grant proceeds once the permission is given.
     Configuration(String),
-    /// Keycloak is down, slow or answered 5xx: retried with back-off.
+    /// Keycloak is down, timed out or returned 5xx: retried with back-off.
     Transient(String),
 }
 
@@ -40,7 +40,7 @@ impl From<AdminError> for Failure {
     }
 }
 
-/// Keycloak as the scheduler sees it. `None` results mean the user (or role) does not exist.
+/// The Keycloak calls of the scheduler and the reconciliation. `None` results mean the user (or role) does not exist.
 #[async_trait::async_trait]
 pub trait RoleMappings: Send + Sync {
     async fn find_role(&self, role: &KeycloakRole) -> Result<Option<RoleRef>, Failure>;

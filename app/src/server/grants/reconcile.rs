@@ -7,7 +7,7 @@
 //!   is reported, and removed when the catalog marks the role `jit_only`.
 //!
 //! Each new finding is an audit event and a row that the admin status page lists until the
-//! next run no longer sees it.
+//! next run no longer finds it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -7,8 +7,8 @@
 //! another lease holds, and a replica works the grants of one lane one after another.
 //!
 //! Every step can be repeated. Before adding a mapping the scheduler records whether the
-//! user already held it; a restart after a crash reads that record instead of the mapping
-//! it may have added itself. Adding and removing are idempotent in Keycloak, so a step cut
+//! user already had it. So a restart after a crash reads that record, not the mapping it
+//! may have added itself. Adding and removing are idempotent in Keycloak, so a step cut
 //! short is finished by doing it again.
 
 use std::collections::BTreeMap;
@@ -37,9 +37,9 @@ pub struct SchedulerSettings {
     pub lease: Duration,
     /// Keycloak calls in flight at once (Keycloak's worker pool is the limit that matters).
     pub concurrency: usize,
-    /// Longest wait between two attempts of a failing step.
+    /// Maximum wait between two attempts of a failing step.
     pub max_backoff: Duration,
-    /// Longest sleep when nothing is due, so new grants from other replicas are seen.
+    /// Maximum sleep when nothing is due, so that grants made by other replicas are found.
     pub poll: Duration,
 }
 
@@ -67,7 +67,7 @@ pub struct Scheduler {
     lifespan: Mutex<Option<i64>>,
 }
 
-/// What one step of a grant ended with.
+/// The result of one step of a grant.
 enum Step {
     /// The grant moved on, or another replica owns it now.
     Done,
@@ -95,13 +95,13 @@ impl Scheduler {
         }
     }
 
-    /// The name this replica writes into the lease columns.
+    /// Returns the name this replica writes into the lease columns.
     pub fn owner(&self) -> &str {
         &self.owner
     }
 
-    /// A handle that makes the scheduler look for due work at once, for example after an
-    /// approval or an early end.
+    /// Returns a handle that makes the scheduler look for due work at once, for example
+    /// after an approval or an early end.
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
     }
@@ -419,7 +419,8 @@ impl Scheduler {
         self.apply(&applying, Some(role_ref), now).await
     }
 
-    /// Whether another open grant of the lane, applied by the portal, explains the mapping.
+    /// Returns whether another open grant of the lane, applied by the portal, explains the
+    /// mapping.
     async fn lane_owns_mapping(&self, grant: &Grant) -> Result<bool, StoreError> {
         let owner: Option<String> = with_pool!(&self.database, |pool| {
             sqlx::query_scalar(
@@ -509,9 +510,9 @@ impl Scheduler {
         Ok(Step::Done)
     }
 
-    /// Another grant of the lane that holds the mapping now. A grant that has not been
-    /// applied does not count: it may yet be refused or cancelled, and then nothing would
-    /// remove the mapping. The lane works due starts before due ends, so a successor that
+    /// Returns another grant of the lane that keeps the mapping now. A grant that has not
+    /// been applied does not count, because it may yet be refused or cancelled, and then
+    /// nothing would remove the mapping. The lane works due starts before due ends, so a successor that
     /// starts when this grant ends is applied first and keeps the mapping.
     async fn other_holder(&self, grant: &Grant, now: i64) -> Result<Option<Grant>, StoreError> {
         let sql = format!(
@@ -531,8 +532,8 @@ impl Scheduler {
         Ok(holder)
     }
 
-    /// Removes the mapping at the grant's end, unless the user held it before the grant or
-    /// another grant still holds it; then reads what remains effective.
+    /// Removes the mapping at the grant's end, unless the user had it before the grant or
+    /// another grant still keeps it. Then reads whether the role is still effective.
     async fn revoke(&self, grant: &Grant, now: i64) -> Result<Step, StoreError> {
         if grant.preexisting != 0 {
             let outcome = "ended; the mapping stays, because the user held the role directly \
@@ -632,8 +633,8 @@ impl Scheduler {
         }
     }
 
-    /// Marks the grant ended with its outcome. `removal` carries Keycloak's answer and the
-    /// time by which issued tokens expire, when the mapping was removed.
+    /// Marks the grant ended with its outcome. When the mapping was removed, `removal`
+    /// carries Keycloak's response and the time by which issued tokens expire.
     async fn revoked(
         &self,
         grant: &Grant,
@@ -775,7 +776,7 @@ impl Scheduler {
         let message = failure.message();
         match failure {
             Failure::Configuration(_) => {
-                tracing::error!(grant_id = %grant.id, request_id = %grant.request_id, attempts, retry_in_seconds = delay, error = %message, "Keycloak refused the service account; fix its realm-management roles")
+                tracing::error!(grant_id = %grant.id, request_id = %grant.request_id, attempts, retry_in_seconds = delay, error = %message, "Keycloak rejected the service account with 403; assign it the missing realm-management role")
             }
             _ => {
                 tracing::warn!(grant_id = %grant.id, request_id = %grant.request_id, attempts, retry_in_seconds = delay, error = %message, "grant step failed; retrying")

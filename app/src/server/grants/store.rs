@@ -55,7 +55,7 @@ impl GrantStatus {
         Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
 
-    /// Whether the scheduler still has work on a grant in this status.
+    /// Returns whether the scheduler still has work on a grant in this status.
     pub fn is_open(self) -> bool {
         matches!(
             self,
@@ -158,7 +158,7 @@ pub struct GrantSource<'a> {
 
 /// Inserts the grant of an approved request inside the approving transaction `tx`, and its
 /// `grant_scheduled` audit event. Fails with [`StoreError::OverlappingGrant`] when the user
-/// already holds an overlapping grant of the role that this one does not extend.
+/// already has an overlapping grant of the role that this one does not extend.
 ///
 /// A grant starts at the requested time, or at `now` when that time has passed or none was
 /// given. An extension starts at `now` and ends `duration` after the grant it extends, so
