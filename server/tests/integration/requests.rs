@@ -525,3 +525,51 @@ async fn postgres_audit_chain() {
     };
     audit_chain_detects_tampering(&database).await;
 }
+
+async fn same_second_requests_keep_creation_order(database: &Database) {
+    let mut created = Vec::new();
+    for role in [
+        "db-admin",
+        "prod-deployer",
+        "refunds",
+        "support-viewer",
+        "ops-lead",
+    ] {
+        let request = NewRequest {
+            role_key: role.into(),
+            ..new_request(1)
+        };
+        created.push(store::create(database, &request, NOW).await.unwrap());
+    }
+
+    let mine: Vec<String> = store::list_for_requester(database, "alice-sub")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|request| request.id)
+        .collect();
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    assert_eq!(mine, newest_first, "My requests lists the newest first");
+
+    let queue: Vec<String> = store::list_pending(database)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|request| request.id)
+        .collect();
+    assert_eq!(queue, created, "the approval queue lists the oldest first");
+}
+
+#[tokio::test]
+async fn sqlite_same_second_order() {
+    let (_dir, database) = sqlite().await;
+    same_second_requests_keep_creation_order(&database).await;
+}
+
+#[tokio::test]
+async fn postgres_same_second_order() {
+    let Some((database, _)) = support::postgres_database().await else {
+        return;
+    };
+    same_second_requests_keep_creation_order(&database).await;
+}

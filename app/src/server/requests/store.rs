@@ -61,13 +61,18 @@ const SELECT_REQUESTS: &str = "select r.id, r.requester_subject, r.requester_use
     (select count(*) from approval a where a.request_id = r.id and a.decision = 'approve') as approvals \
     from access_request r";
 
+/// Orders requests created in the same second by their `request_created` audit event, the
+/// first event of each request, whose id grows with every append.
+const CREATION_ORDER: &str = "(select min(e.id) from audit_event e where e.request_id = r.id)";
+
 /// Returns the requests of `subject`, newest first.
 pub async fn list_for_requester(
     database: &Database,
     subject: &str,
 ) -> Result<Vec<StoredRequest>, StoreError> {
     let sql = format!(
-        "{SELECT_REQUESTS} where r.requester_subject = $1 order by r.created_at desc, r.id"
+        "{SELECT_REQUESTS} where r.requester_subject = $1 \
+         order by r.created_at desc, {CREATION_ORDER} desc"
     );
     let rows = with_pool!(database, |pool| {
         sqlx::query_as::<_, StoredRequest>(&sql)
@@ -80,7 +85,9 @@ pub async fn list_for_requester(
 
 /// Returns every pending request, oldest first.
 pub async fn list_pending(database: &Database) -> Result<Vec<StoredRequest>, StoreError> {
-    let sql = format!("{SELECT_REQUESTS} where r.status = 'pending' order by r.created_at, r.id");
+    let sql = format!(
+        "{SELECT_REQUESTS} where r.status = 'pending' order by r.created_at, {CREATION_ORDER}"
+    );
     let rows = with_pool!(database, |pool| {
         sqlx::query_as::<_, StoredRequest>(&sql)
             .fetch_all(pool)
@@ -559,7 +566,7 @@ pub async fn flag_for_admin(
 pub async fn list_flagged(database: &Database) -> Result<Vec<(StoredRequest, String)>, StoreError> {
     let sql = format!(
         "{SELECT_REQUESTS} where r.status = 'pending' and r.needs_admin_reason is not null \
-         order by r.created_at, r.id"
+         order by r.created_at, {CREATION_ORDER}"
     );
     let rows = with_pool!(database, |pool| {
         sqlx::query_as::<_, StoredRequest>(&sql)
