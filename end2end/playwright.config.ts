@@ -11,6 +11,29 @@ const repo = path.resolve(__dirname, '..');
 const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(repo, 'target');
 const binary = process.env.STINT_BIN ?? path.join(targetDir, 'debug', 'stint');
 const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'stint-e2e-'));
+const portalCommand = `${binary} --config ${path.join(repo, 'dev', 'stint.toml')}`;
+const databaseUrl = process.env.STINT_E2E_DATABASE_URL ?? `sqlite://${dataDir}/stint.db`;
+
+// STINT_E2E_REPLICAS=2 runs two portal processes on one PostgreSQL database behind a
+// round-robin proxy at PORTAL_URL (replicas.mjs): replica `a` on the portal port + 1, `b` on
+// + 2, and the proxy's control listener on 127.0.0.1 at + 9. Unset or 1 runs one portal.
+export const REPLICA_COUNT = Number(process.env.STINT_E2E_REPLICAS ?? '1');
+if (REPLICA_COUNT !== 1 && REPLICA_COUNT !== 2) {
+  throw new Error(`STINT_E2E_REPLICAS must be 1 or 2, not \`${process.env.STINT_E2E_REPLICAS}\``);
+}
+if (REPLICA_COUNT === 2 && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+  throw new Error('STINT_E2E_REPLICAS=2 needs STINT_E2E_DATABASE_URL=postgres://… (replicas share one PostgreSQL database)');
+}
+const portalPort = Number(new URL(PORTAL_URL).port);
+export const REPLICA_CONTROL_URL = `http://127.0.0.1:${portalPort + 9}`;
+const replicasCommand = [
+  `node ${path.join(__dirname, 'replicas.mjs')}`,
+  `--listen ${new URL(PORTAL_URL).host}`,
+  `--control ${portalPort + 9}`,
+  `--replica a=${portalPort + 1}`,
+  `--replica b=${portalPort + 2}`,
+  `-- ${portalCommand}`,
+].join(' ');
 
 // Chromium from Debian's package. As root it needs --no-sandbox; the networking switches
 // stop it from calling outside hosts, which this test network refuses.
@@ -49,7 +72,7 @@ export default defineConfig({
     { name: 'js-off', use: { javaScriptEnabled: false } },
   ],
   webServer: {
-    command: `${binary} --config ${path.join(repo, 'dev', 'stint.toml')}`,
+    command: REPLICA_COUNT === 2 ? replicasCommand : portalCommand,
     cwd: repo,
     url: `${PORTAL_URL}/healthz`,
     reuseExistingServer: false,
@@ -59,7 +82,7 @@ export default defineConfig({
     env: {
       STINT_LISTEN: new URL(PORTAL_URL).host,
       STINT_PUBLIC_URL: PORTAL_URL,
-      STINT_DATABASE_URL: process.env.STINT_E2E_DATABASE_URL ?? `sqlite://${dataDir}/stint.db`,
+      STINT_DATABASE_URL: databaseUrl,
       STINT_CATALOG: path.join(__dirname, 'catalog.toml'),
       STINT_SITE_ROOT: process.env.STINT_SITE_ROOT ?? path.join(targetDir, 'site'),
       STINT_KEYCLOAK__URL: KEYCLOAK_URL,
