@@ -40,5 +40,21 @@ else
   KEYCLOAK_PORT="$BENCH_KEYCLOAK_PORT" KEYCLOAK_DB=dev-mem "$ROOT/dev/keycloak.sh" start
 fi
 
+# Keycloak's JVM, whose CPU time the benchmark reports: dev/keycloak.sh records the pid of
+# kc.sh, which runs java as its child.
+STINT_CACHE="${STINT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stint}"
+pid_file="${KEYCLOAK_STATE_DIR:-$STINT_CACHE/keycloak-run/$BENCH_KEYCLOAK_PORT}/keycloak.pid"
+if [[ -z "${BENCH_KEYCLOAK_PID:-}" && -r "$pid_file" ]]; then
+  script_pid="$(cat "$pid_file")"
+  BENCH_KEYCLOAK_PID="$(pgrep -P "$script_pid" java | head -n 1 || true)"
+  BENCH_KEYCLOAK_PID="${BENCH_KEYCLOAK_PID:-$script_pid}"
+fi
+if [[ -n "${BENCH_KEYCLOAK_PID:-}" ]]; then
+  export BENCH_KEYCLOAK_PID
+  log "Keycloak's CPU time is read from process $BENCH_KEYCLOAK_PID"
+else
+  log "no Keycloak pid file at $pid_file: Keycloak's CPU time is not reported (set BENCH_KEYCLOAK_PID)"
+fi
+
 cd "$ROOT"
 cargo bench -p server --bench revoke

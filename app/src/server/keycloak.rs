@@ -173,11 +173,11 @@ impl KeycloakAdmin {
         let mut renew = false;
         loop {
             let token = self.token(renew).await?;
-            let mut builder = self
-                .http
-                .request(method.clone(), &url)
-                .query(query)
-                .bearer_auth(token);
+            let mut builder = self.http.request(method.clone(), &url).bearer_auth(token);
+            // An empty list would still end the URL with `?`.
+            if !query.is_empty() {
+                builder = builder.query(query);
+            }
             if let Some(body) = body {
                 builder = builder.json(body);
             }

@@ -168,6 +168,18 @@ approvers.groups = ["/stint-approvers"]
         .await
     }
 
+    /// Returns how many ended grants wait for the read of the user's effective roles.
+    pub async fn effective_checks_pending(&self) -> Result<i64, BenchError> {
+        self.count("select count(*) from access_grant where effective_check_pending = 1")
+            .await
+    }
+
+    /// Returns how many grants are marked still effective through a group or composite.
+    pub async fn still_effective_count(&self) -> Result<i64, BenchError> {
+        self.count("select count(*) from access_grant where still_effective = 1")
+            .await
+    }
+
     /// Waits until `expected` grants are active and none is still scheduled or applying.
     pub async fn wait_active(&self, expected: usize, timeout: Duration) -> Result<(), BenchError> {
         let deadline = Instant::now() + timeout;

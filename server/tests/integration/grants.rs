@@ -45,7 +45,8 @@ jit_only = true
 "#;
 
 /// A realm in memory: roles, users with groups, direct mappings, and mappings that stay
-/// effective through a group. `down` makes every call fail as if Keycloak were stopped.
+/// effective through a group. `down` makes every call fail as if Keycloak were stopped;
+/// `effective_reads_fail` makes only the reads of effective roles fail.
 #[derive(Default)]
 struct Realm {
     roles: HashMap<String, RoleRef>,
@@ -53,11 +54,19 @@ struct Realm {
     direct: HashSet<(String, String)>,
     through_group: HashSet<(String, String)>,
     down: bool,
+    effective_reads_fail: bool,
     writes: Vec<String>,
     logouts: Vec<String>,
 }
 
-struct FakeKeycloak(Mutex<Realm>);
+struct FakeKeycloak {
+    realm: Mutex<Realm>,
+    /// Every `remove_mapping` call waits for this lock, so a test that holds it keeps a
+    /// removal in flight.
+    removals: tokio::sync::Mutex<()>,
+    /// Notified when a `remove_mapping` call starts.
+    removal_started: tokio::sync::Notify,
+}
 
 impl FakeKeycloak {
     fn new() -> Arc<Self> {
@@ -77,11 +86,15 @@ impl FakeKeycloak {
                 .users
                 .insert(user.into(), vec!["/engineering".to_owned()]);
         }
-        Arc::new(Self(Mutex::new(realm)))
+        Arc::new(Self {
+            realm: Mutex::new(realm),
+            removals: tokio::sync::Mutex::new(()),
+            removal_started: tokio::sync::Notify::new(),
+        })
     }
 
     fn with<T>(&self, change: impl FnOnce(&mut Realm) -> T) -> T {
-        change(&mut self.0.lock().unwrap())
+        change(&mut self.realm.lock().unwrap())
     }
 
     fn has(&self, user: &str, role: &str) -> bool {
@@ -142,6 +155,9 @@ impl RoleMappings for FakeKeycloak {
         role: &RoleRef,
     ) -> Result<Option<bool>, Failure> {
         self.check()?;
+        if self.with(|realm| realm.effective_reads_fail) {
+            return Err(Failure::Transient("read timed out".into()));
+        }
         Ok(self.with(|realm| {
             let key = (user.to_owned(), role.id.clone());
             realm
@@ -164,6 +180,8 @@ impl RoleMappings for FakeKeycloak {
     }
 
     async fn remove_mapping(&self, user: &str, role: &RoleRef) -> Result<KeycloakAnswer, Failure> {
+        self.removal_started.notify_one();
+        let _removal = self.removals.lock().await;
         self.check()?;
         self.with(|realm| {
             if !realm.users.contains_key(user) {
@@ -230,6 +248,10 @@ impl Harness {
     }
 
     fn scheduler(&self) -> Scheduler {
+        self.scheduler_with_lease(Duration::from_secs(60))
+    }
+
+    fn scheduler_with_lease(&self, lease: Duration) -> Scheduler {
         let clock = self.clock.clone();
         let clock: Clock = Arc::new(move || clock.load(Ordering::SeqCst));
         Scheduler::new(
@@ -237,10 +259,11 @@ impl Harness {
             self.keycloak.clone(),
             self.catalog.clone(),
             SchedulerSettings {
-                lease: Duration::from_secs(60),
+                lease,
                 concurrency: 4,
                 max_backoff: Duration::from_secs(300),
                 poll: Duration::from_millis(50),
+                ..SchedulerSettings::default()
             },
             clock,
         )
@@ -305,6 +328,16 @@ impl Harness {
 
     async fn status(&self, grant: &str) -> GrantStatus {
         grants::find(&self.database, grant).await.unwrap().status()
+    }
+
+    async fn pending_effective_checks(&self) -> i64 {
+        let sql = "select count(*) from access_grant where effective_check_pending = 1";
+        server::with_pool!(&self.database, |pool| {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        })
     }
 
     async fn actions(&self, grant: &str) -> Vec<String> {
@@ -568,6 +601,89 @@ async fn still_effective_role_is_flagged(database: Database) {
     assert_eq!(attention.first().map(|grant| grant.id.clone()), Some(grant));
 }
 
+async fn failed_effective_read_is_retried(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = harness.scheduler();
+    let grant = harness.grant("alice", "db-admin", 600, None).await;
+    scheduler.run_once().await.unwrap();
+    harness.keycloak.with(|realm| {
+        realm.effective_reads_fail = true;
+        realm
+            .through_group
+            .insert(("alice-sub".into(), "db-admin-id".into()));
+    });
+    harness.set_time(NOW + 600);
+    scheduler.run_once().await.unwrap();
+    // The mapping is gone and the grant ended; the read of the effective roles waits.
+    assert!(!harness.keycloak.has("alice-sub", "db-admin"));
+    let ended = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(ended.status(), GrantStatus::Ended);
+    assert_eq!(ended.still_effective, 0);
+    assert_eq!(harness.pending_effective_checks().await, 1);
+
+    // Keycloak responds again, but the retry is not due yet.
+    harness
+        .keycloak
+        .with(|realm| realm.effective_reads_fail = false);
+    scheduler.run_once().await.unwrap();
+    assert_eq!(harness.pending_effective_checks().await, 1);
+
+    harness.set_time(NOW + 660);
+    scheduler.run_once().await.unwrap();
+    assert_eq!(harness.pending_effective_checks().await, 0);
+    let flagged = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(flagged.still_effective, 1);
+    assert!(flagged
+        .outcome
+        .unwrap()
+        .contains("still effective through a group or a composite role"));
+    scheduler.run_once().await.unwrap();
+    let flags = harness
+        .actions(&grant)
+        .await
+        .into_iter()
+        .filter(|action| action == "grant_still_effective")
+        .count();
+    assert_eq!(flags, 1);
+}
+
+async fn burst_of_ends_is_stored_once_each(database: Database) {
+    const USERS: usize = 150;
+    let harness = Harness::new(database);
+    let names: Vec<String> = (0..USERS).map(|n| format!("user{n}")).collect();
+    harness.keycloak.with(|realm| {
+        for name in &names {
+            realm
+                .users
+                .insert(format!("{name}-sub"), vec!["/engineering".to_owned()]);
+        }
+    });
+    let mut ids = Vec::new();
+    for name in &names {
+        ids.push(harness.grant(name, "deployer", 600, None).await);
+    }
+    let scheduler = harness.scheduler();
+    assert_eq!(scheduler.run_once().await.unwrap(), USERS);
+    harness.set_time(NOW + 600);
+    // One pass claims, revokes and stores all of them, in more than one transaction.
+    assert_eq!(scheduler.run_once().await.unwrap(), USERS);
+    for (name, id) in names.iter().zip(&ids) {
+        assert!(!harness.keycloak.has(&format!("{name}-sub"), "deployer"));
+        assert_eq!(harness.status(id).await, GrantStatus::Ended);
+        assert_eq!(
+            harness.actions(id).await,
+            ["grant_scheduled", "grant_applied", "grant_revoked"],
+            "grant of {name}"
+        );
+    }
+    assert_eq!(harness.pending_effective_checks().await, 0);
+    let report = app::server::audit::chain::verify(&harness.database)
+        .await
+        .unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+    assert_eq!(scheduler.run_once().await.unwrap(), 0);
+}
+
 async fn crash_mid_apply_is_finished_by_another_replica(database: Database) {
     let harness = Harness::new(database);
     let grant = harness.grant("alice", "db-admin", 600, None).await;
@@ -750,6 +866,137 @@ async fn reconciliation_restores_and_reports(database: Database) {
     );
 }
 
+/// Checks that a grant starting while the reconciliation removes a standing mapping of its
+/// JIT-only role waits for the removal, and then adds the mapping as its own.
+async fn standing_removal_holds_back_a_start(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = harness.scheduler();
+    harness.keycloak.with(|realm| {
+        realm
+            .direct
+            .insert(("alice-sub".into(), "deployer-id".into()))
+    });
+    let grant = harness.grant("alice", "deployer", 3600, None).await;
+    let reconciler = Reconciler::new(
+        harness.database.clone(),
+        harness.keycloak.clone(),
+        harness.catalog.clone(),
+        "reconciler".into(),
+        60,
+    );
+
+    let paused = harness.keycloak.removals.lock().await;
+    let reconciliation = tokio::spawn(async move { reconciler.run(NOW).await });
+    harness.keycloak.removal_started.notified().await;
+    assert_eq!(
+        scheduler.run_once().await.unwrap(),
+        0,
+        "a grant of the lane was claimed while its standing mapping was being removed"
+    );
+    assert_eq!(harness.status(&grant).await, GrantStatus::Scheduled);
+
+    drop(paused);
+    let summary = reconciliation.await.unwrap().unwrap();
+    assert_eq!(summary.removed, 1, "{summary:?}");
+    assert!(!harness.keycloak.has("alice-sub", "deployer"));
+
+    assert_eq!(scheduler.run_once().await.unwrap(), 1);
+    let started = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(started.status(), GrantStatus::Active);
+    assert_eq!(
+        started.preexisting, 0,
+        "the removed mapping was recorded as held before"
+    );
+    assert!(harness.keycloak.has("alice-sub", "deployer"));
+    let lanes: i64 = server::with_pool!(&harness.database, |pool| {
+        sqlx::query_scalar("select count(*) from lane_lease")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(lanes, 0, "the reconciliation left its lane lease behind");
+}
+
+/// Checks that a revocation waiting for Keycloak keeps its lease past the claim's expiry,
+/// so another replica does not take the grant meanwhile.
+async fn waiting_revocation_keeps_its_lease(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = Arc::new(harness.scheduler_with_lease(Duration::from_secs(3)));
+    let grant = harness.grant("alice", "db-admin", 600, None).await;
+    scheduler.run_once().await.unwrap();
+
+    harness.set_time(NOW + 600);
+    let paused = harness.keycloak.removals.lock().await;
+    let pass = tokio::spawn({
+        let scheduler = scheduler.clone();
+        async move { scheduler.run_once().await }
+    });
+    harness.keycloak.removal_started.notified().await;
+    // The claim leased the grant until NOW + 603. The keeper extends it every second of
+    // real time by the lease, from the clock's time.
+    harness.set_time(NOW + 602);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leased = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(leased.lease_expires_at, Some(NOW + 605));
+
+    harness.set_time(NOW + 604);
+    let other = harness.scheduler();
+    assert_eq!(
+        other.run_once().await.unwrap(),
+        0,
+        "another replica took a grant whose revocation was still waiting"
+    );
+    drop(paused);
+    assert_eq!(pass.await.unwrap().unwrap(), 1);
+    assert_eq!(harness.status(&grant).await, GrantStatus::Ended);
+    let revoked = harness
+        .actions(&grant)
+        .await
+        .into_iter()
+        .filter(|action| action == "grant_revoked")
+        .count();
+    assert_eq!(revoked, 1);
+}
+
+/// Checks that a grant claimed again by the same replica after its lease expired, while
+/// the first claim's revocation still waits, is ended once with one audit event.
+async fn reclaimed_grant_is_ended_once(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = Arc::new(harness.scheduler_with_lease(Duration::from_secs(3)));
+    let grant = harness.grant("alice", "db-admin", 600, None).await;
+    scheduler.run_once().await.unwrap();
+
+    harness.set_time(NOW + 600);
+    let paused = harness.keycloak.removals.lock().await;
+    let pass = tokio::spawn({
+        let scheduler = scheduler.clone();
+        async move { scheduler.run_once().await }
+    });
+    harness.keycloak.removal_started.notified().await;
+    // Far past the lease, which the keeper no longer extends: the pass's claimer takes the
+    // grant again under a new lease token, and that lane waits for Keycloak too.
+    harness.set_time(NOW + 700);
+    harness.keycloak.removal_started.notified().await;
+    drop(paused);
+    assert_eq!(pass.await.unwrap().unwrap(), 2, "claims of the pass");
+
+    let ended = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(ended.status(), GrantStatus::Ended);
+    assert_eq!(
+        ended.revoked_at,
+        Some(NOW + 700),
+        "the second claim stored the end"
+    );
+    let revoked = harness
+        .actions(&grant)
+        .await
+        .into_iter()
+        .filter(|action| action == "grant_revoked")
+        .count();
+    assert_eq!(revoked, 1, "one audit event for one end");
+    assert!(!harness.keycloak.has("alice-sub", "db-admin"));
+}
+
 async fn count_audit(database: &Database, action: &str) -> i64 {
     server::with_pool!(database, |pool| {
         sqlx::query_scalar("select count(*) from audit_event where action = $1")
@@ -795,8 +1042,13 @@ on_both_engines!(
     deleted_user_and_role_fail_without_retries,
     ineligible_requester_is_refused_at_start,
     still_effective_role_is_flagged,
+    failed_effective_read_is_retried,
+    burst_of_ends_is_stored_once_each,
     crash_mid_apply_is_finished_by_another_replica,
     two_replicas_never_work_one_grant_twice,
     end_early_and_cancel,
     reconciliation_restores_and_reports,
+    standing_removal_holds_back_a_start,
+    waiting_revocation_keeps_its_lease,
+    reclaimed_grant_is_ended_once,
 );

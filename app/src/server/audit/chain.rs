@@ -70,7 +70,21 @@ impl AuditRecord<'_> {
 macro_rules! append_audit {
     ($tx:expr, $database:expr, $record:expr) => {{
         let record: &$crate::server::audit::chain::AuditRecord = $record;
+        $crate::server::audit::chain::append_audits!($tx, $database, std::slice::from_ref(record))
+    }};
+}
+pub(crate) use append_audit;
+
+/// Appends `records`, in order, inside transaction `tx` of `database`: the chain's head is
+/// read once and the events go in with one statement. Their ids follow the order of
+/// `records`, which is the order of the links.
+macro_rules! append_audits {
+    ($tx:expr, $database:expr, $records:expr) => {{
+        let records: &[$crate::server::audit::chain::AuditRecord] = $records;
         async {
+            if records.is_empty() {
+                return Ok::<(), sqlx::Error>(());
+            }
             if matches!($database, $crate::server::db::Database::Postgres(_)) {
                 sqlx::query("select pg_advisory_xact_lock($1)")
                     .bind($crate::server::audit::chain::APPEND_LOCK)
@@ -81,34 +95,41 @@ macro_rules! append_audit {
                 sqlx::query_scalar("select hash from audit_event order by id desc limit 1")
                     .fetch_optional(&mut *$tx)
                     .await?;
-            let prev_hash = head
+            let mut prev_hash = head
                 .flatten()
                 .unwrap_or_else(|| $crate::server::audit::chain::GENESIS.to_owned());
-            let hash = record.hash(&prev_hash);
-            sqlx::query(
+            let mut links = Vec::with_capacity(records.len());
+            for record in records {
+                let hash = record.hash(&prev_hash);
+                links.push((std::mem::replace(&mut prev_hash, hash.clone()), hash));
+            }
+            let mut insert = sqlx::QueryBuilder::new(
                 "insert into audit_event (occurred_at, actor_subject, actor_username, request_id, \
-                 grant_id, action, from_status, to_status, comment, prev_hash, hash) \
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(record.occurred_at)
-            .bind(record.actor_subject)
-            .bind(record.actor_username)
-            .bind(record.request_id)
-            .bind(record.grant_id)
-            .bind(record.action)
-            .bind(record.from_status)
-            .bind(record.to_status)
-            .bind(record.comment)
-            .bind(&prev_hash)
-            .bind(&hash)
-            .execute(&mut *$tx)
-            .await?;
-            Ok::<(), sqlx::Error>(())
+                 grant_id, action, from_status, to_status, comment, prev_hash, hash) ",
+            );
+            insert.push_values(
+                records.iter().zip(&links),
+                |mut row, (record, (prev, hash))| {
+                    row.push_bind(record.occurred_at)
+                        .push_bind(record.actor_subject)
+                        .push_bind(record.actor_username)
+                        .push_bind(record.request_id)
+                        .push_bind(record.grant_id)
+                        .push_bind(record.action)
+                        .push_bind(record.from_status)
+                        .push_bind(record.to_status)
+                        .push_bind(record.comment)
+                        .push_bind(prev.as_str())
+                        .push_bind(hash.as_str());
+                },
+            );
+            insert.build().execute(&mut *$tx).await?;
+            Ok(())
         }
         .await
     }};
 }
-pub(crate) use append_audit;
+pub(crate) use append_audits;
 
 /// A stored event as the verification reads it.
 #[derive(sqlx::FromRow)]

@@ -13,12 +13,34 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::mappings::RoleMappings;
+use super::scheduler::CLAIM_LOCK;
 use super::store::{grant_audit, Grant, GrantEvent, GrantStatus, GRANT_COLUMNS};
 use crate::server::audit::chain::{append_audit, AuditRecord};
-use crate::server::catalog::{current, CatalogHandle};
+use crate::server::catalog::{current, CatalogHandle, CatalogRole};
 use crate::server::db::Database;
+use crate::server::keycloak::RoleRef;
 use crate::server::requests::store::StoreError;
 use crate::with_pool;
+
+/// The time of a run as its leases need it: the `now` that the run was given plus the
+/// time elapsed since, so that a lease taken late in a long run still lasts its length.
+struct RunClock {
+    at_start: i64,
+    started: std::time::Instant,
+}
+
+impl RunClock {
+    fn new(at_start: i64) -> Self {
+        Self {
+            at_start,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.at_start + self.started.elapsed().as_secs() as i64
+    }
+}
 
 /// A finding as the status page lists it.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -72,6 +94,7 @@ impl Reconciler {
 
     /// Runs one comparison at time `now`.
     pub async fn run(&self, now: i64) -> Result<Summary, StoreError> {
+        let clock = RunClock::new(now);
         let catalog = current(&self.catalog);
         let mut summary = Summary::default();
         let mut seen: HashSet<(String, String, &'static str)> = HashSet::new();
@@ -116,7 +139,7 @@ impl Reconciler {
                     && grant.ends_at > now;
                 if applied
                     && !holder_ids.contains_key(grant.subject.as_str())
-                    && self.restore(grant, &role_ref, now).await?
+                    && self.restore(grant, &role_ref, &clock).await?
                 {
                     summary.restored += 1;
                     seen.insert((grant.subject.clone(), role.key.clone(), "restored"));
@@ -124,6 +147,26 @@ impl Reconciler {
             }
             for (subject, username) in &holders {
                 if explained.contains(subject.as_str()) {
+                    continue;
+                }
+                if role.jit_only {
+                    // The lane lease keeps every grant of this user and role from starting
+                    // while the mapping goes, so that none records it as held before.
+                    if !self.lease_lane(subject, &role.key, &clock).await? {
+                        continue;
+                    }
+                    let removal = self
+                        .remove_standing(subject, username, role, &role_ref, &clock)
+                        .await;
+                    self.release_lane(subject, &role.key).await?;
+                    match removal? {
+                        Ok(true) => {
+                            seen.insert((subject.clone(), role.key.clone(), "removed"));
+                            summary.removed += 1;
+                        }
+                        Ok(false) => {}
+                        Err(error) => summary.errors.push(error),
+                    }
                     continue;
                 }
                 // Read again: a grant may have started since the list was taken.
@@ -143,42 +186,172 @@ impl Reconciler {
                         continue;
                     }
                 }
-                if role.jit_only {
-                    match self.mappings.remove_mapping(subject, &role_ref).await {
-                        Ok(answer) => {
-                            let detail = format!(
-                                "{} held {} without a grant; removed because the role is JIT-only. Keycloak: {}",
-                                username, role.role, answer.0
-                            );
-                            self.record(subject, username, &role.key, "removed", &detail, now)
-                                .await?;
-                            seen.insert((subject.clone(), role.key.clone(), "removed"));
-                            summary.removed += 1;
-                        }
-                        Err(failure) => summary.errors.push(format!(
-                            "{}: removing the standing mapping of {username} failed: {}",
-                            role.key,
-                            failure.message()
-                        )),
-                    }
-                } else {
-                    let detail = format!("{username} holds {} directly without a grant", role.role);
-                    self.record(
-                        subject,
-                        username,
-                        &role.key,
-                        "standing_access",
-                        &detail,
-                        now,
-                    )
-                    .await?;
-                    seen.insert((subject.clone(), role.key.clone(), "standing_access"));
-                    summary.standing += 1;
-                }
+                let detail = format!("{username} holds {} directly without a grant", role.role);
+                self.record(
+                    subject,
+                    username,
+                    &role.key,
+                    "standing_access",
+                    &detail,
+                    now,
+                )
+                .await?;
+                seen.insert((subject.clone(), role.key.clone(), "standing_access"));
+                summary.standing += 1;
             }
         }
         self.resolve_unseen(&seen, &summary, now).await?;
         Ok(summary)
+    }
+
+    /// Removes the standing mapping of `subject` to JIT-only `role`, with the lane leased.
+    /// Returns `Ok(true)` when it was removed, `Ok(false)` when the mapping had gone
+    /// meanwhile, and `Err` with a summary line when Keycloak failed.
+    async fn remove_standing(
+        &self,
+        subject: &str,
+        username: &str,
+        role: &CatalogRole,
+        role_ref: &RoleRef,
+        clock: &RunClock,
+    ) -> Result<Result<bool, String>, StoreError> {
+        // A grant may have ended and removed the mapping since the holders were listed.
+        match self.mappings.has_direct_mapping(subject, role_ref).await {
+            Ok(Some(true)) => {}
+            Ok(_) => return Ok(Ok(false)),
+            Err(failure) => {
+                return Ok(Err(format!(
+                    "{}: reading the mapping of {username} failed: {}",
+                    role.key,
+                    failure.message()
+                )))
+            }
+        }
+        // The read may have taken most of the lease: extend it, or leave the lane alone.
+        if !self.extend_lane(subject, &role.key, clock).await? {
+            return Ok(Ok(false));
+        }
+        match self.mappings.remove_mapping(subject, role_ref).await {
+            Ok(answer) => {
+                let detail = format!(
+                    "{} held {} without a grant; removed because the role is JIT-only. Keycloak: {}",
+                    username, role.role, answer.0
+                );
+                self.record(
+                    subject,
+                    username,
+                    &role.key,
+                    "removed",
+                    &detail,
+                    clock.now(),
+                )
+                .await?;
+                Ok(Ok(true))
+            }
+            Err(failure) => Ok(Err(format!(
+                "{}: removing the standing mapping of {username} failed: {}",
+                role.key,
+                failure.message()
+            ))),
+        }
+    }
+
+    /// Leases the lane of `subject` and `role_key`. Returns false, and leases nothing, when
+    /// a grant of the lane is open (it explains the mapping) or leased by a scheduler that
+    /// may be starting it, or when another replica's reconciliation holds the lane.
+    async fn lease_lane(
+        &self,
+        subject: &str,
+        role_key: &str,
+        clock: &RunClock,
+    ) -> Result<bool, StoreError> {
+        let now = clock.now();
+        let leased = with_pool!(&self.database, |pool| {
+            async {
+                let mut tx = pool.begin_with(self.database.begin_for_write()).await?;
+                if matches!(self.database, Database::Postgres(_)) {
+                    sqlx::query("select pg_advisory_xact_lock($1)")
+                        .bind(CLAIM_LOCK)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let busy: Option<String> = sqlx::query_scalar(
+                    "select id from access_grant where subject = $1 and role_key = $2 \
+                     and (status in ('applying', 'active', 'revoking') or lease_expires_at > $3) \
+                     limit 1",
+                )
+                .bind(subject)
+                .bind(role_key)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if busy.is_some() {
+                    return Ok::<bool, sqlx::Error>(false);
+                }
+                let taken = sqlx::query(
+                    "insert into lane_lease (subject, role_key, owner, expires_at, created_at) \
+                     values ($1, $2, $3, $4, $5) on conflict (subject, role_key) do update \
+                     set owner = excluded.owner, expires_at = excluded.expires_at, \
+                     created_at = excluded.created_at where lane_lease.expires_at <= $5",
+                )
+                .bind(subject)
+                .bind(role_key)
+                .bind(&self.owner)
+                .bind(now + self.lease_seconds)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(taken > 0)
+            }
+            .await
+        })?;
+        Ok(leased)
+    }
+
+    /// Extends this reconciliation's lease of the lane of `subject` and `role_key` before a
+    /// Keycloak write. Returns false when the lease has expired or another holds it.
+    async fn extend_lane(
+        &self,
+        subject: &str,
+        role_key: &str,
+        clock: &RunClock,
+    ) -> Result<bool, StoreError> {
+        let now = clock.now();
+        let extended = with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "update lane_lease set expires_at = $1 where subject = $2 and role_key = $3 \
+                 and owner = $4 and expires_at > $5",
+            )
+            .bind(now + self.lease_seconds)
+            .bind(subject)
+            .bind(role_key)
+            .bind(&self.owner)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        if extended == 0 {
+            tracing::warn!(%subject, role = %role_key, "the lane lease expired before a standing mapping was removed; leaving it to the next run");
+        }
+        Ok(extended > 0)
+    }
+
+    async fn release_lane(&self, subject: &str, role_key: &str) -> Result<(), StoreError> {
+        with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "delete from lane_lease where subject = $1 and role_key = $2 and owner = $3",
+            )
+            .bind(subject)
+            .bind(role_key)
+            .bind(&self.owner)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(())
     }
 
     async fn open_grants(&self, role_key: &str) -> Result<Vec<Grant>, StoreError> {
@@ -214,9 +387,10 @@ impl Reconciler {
     async fn restore(
         &self,
         grant: &Grant,
-        role_ref: &crate::server::keycloak::RoleRef,
-        now: i64,
+        role_ref: &RoleRef,
+        clock: &RunClock,
     ) -> Result<bool, StoreError> {
+        let now = clock.now();
         let leased = with_pool!(&self.database, |pool| {
             sqlx::query(
                 "update access_grant set lease_owner = $1, lease_expires_at = $2 \
@@ -240,9 +414,12 @@ impl Reconciler {
             .await
         {
             Ok(Some(true)) => None,
+            // The read may have taken most of the lease, and the grant may have ended.
+            Ok(_) if !self.extend_grant_lease(grant, clock).await? => None,
             Ok(_) => Some(self.mappings.add_mapping(&grant.subject, role_ref).await),
             Err(failure) => Some(Err(failure)),
         };
+        let now = clock.now();
         let restored = match outcome {
             None => false,
             Some(Ok(answer)) => {
@@ -302,6 +479,30 @@ impl Reconciler {
             .map(|done| done.rows_affected())
         })?;
         Ok(restored)
+    }
+
+    /// Extends this reconciliation's lease of active grant `grant` before a Keycloak write.
+    /// Returns false when the lease has expired or the grant has ended.
+    async fn extend_grant_lease(
+        &self,
+        grant: &Grant,
+        clock: &RunClock,
+    ) -> Result<bool, StoreError> {
+        let now = clock.now();
+        let extended = with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "update access_grant set lease_expires_at = $1 where id = $2 and lease_owner = $3 \
+                 and lease_expires_at > $4 and status = 'active' and ends_at > $4",
+            )
+            .bind(now + self.lease_seconds)
+            .bind(&grant.id)
+            .bind(&self.owner)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(extended > 0)
     }
 
     /// Stores a finding: a new one gets a row and an audit event, a known one a new
