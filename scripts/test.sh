@@ -4,7 +4,9 @@
 #
 # Installs what is missing first (scripts/setup.sh test). Starts and stops its own Keycloak
 # (port 18180, in-memory database), PostgreSQL (port 15432) and portal (port 13000), so it
-# can run beside the demo.
+# can run beside the demo. The PostgreSQL browser run starts two portal replicas (ports
+# 13001 and 13002) behind a round-robin proxy on port 13000, with its control listener on
+# 13009 (end2end/replicas.mjs).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,14 +61,21 @@ fi
 cat "$keycloak_log"
 dev/keycloak-smoke.sh
 
-log "running the Rust tests against Keycloak"
-STINT_TEST_KEYCLOAK_URL=$STINT_E2E_KEYCLOAK_URL cargo test -p server --test keycloak
+# The tests against Keycloak run once with the portal's database on SQLite and once on
+# PostgreSQL (STINT_TEST_ENGINE).
+for engine in sqlite postgres; do
+    log "running the Rust tests against Keycloak on $engine"
+    STINT_TEST_ENGINE=$engine STINT_TEST_KEYCLOAK_URL=$STINT_E2E_KEYCLOAK_URL \
+        cargo test -p server --test keycloak
+done
 
 log "running the browser tests on SQLite"
 (cd end2end && npx playwright test)
 
-log "running the browser tests on PostgreSQL (JavaScript on)"
+# Every request of this run goes through a proxy without sticky sessions to one of two
+# replicas on the same database, and tests/replicas.spec.ts runs only here.
+log "running the browser tests on PostgreSQL with two replicas (JavaScript on)"
 STINT_E2E_DATABASE_URL=$(dev/postgres.sh url)
-(cd end2end && STINT_E2E_DATABASE_URL=$STINT_E2E_DATABASE_URL npx playwright test --project js-on)
+(cd end2end && STINT_E2E_DATABASE_URL=$STINT_E2E_DATABASE_URL STINT_E2E_REPLICAS=2 npx playwright test --project js-on)
 
 log "all tests passed in $(($(date +%s) - started)) s"

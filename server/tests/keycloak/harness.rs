@@ -59,13 +59,14 @@ pub fn portal_admin(url: &str) -> KeycloakAdmin {
     )
 }
 
-/// Settings with a small batch, so that two replicas share 20 grants between them.
+/// Settings with four Keycloak calls in flight.
 pub fn settings() -> SchedulerSettings {
     SchedulerSettings {
         lease: Duration::from_secs(60),
         concurrency: 4,
         max_backoff: Duration::from_secs(300),
         poll: Duration::from_secs(1),
+        ..SchedulerSettings::default()
     }
 }
 
@@ -114,6 +115,22 @@ pub fn catalog_handle(text: &str) -> CatalogHandle {
     Arc::new(RwLock::new(Arc::new(catalog)))
 }
 
+/// The database engine of this run of the binary: `STINT_TEST_ENGINE` is `sqlite` (the
+/// default) or `postgres`. scripts/test.sh runs the binary once for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+pub fn engine() -> Engine {
+    match std::env::var("STINT_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("sqlite") => Engine::Sqlite,
+        Ok("postgres") => Engine::Postgres,
+        Ok(other) => panic!("STINT_TEST_ENGINE is `{other}`: set it to sqlite or postgres"),
+    }
+}
+
 /// One portal database with its catalog and clock.
 pub struct Harness {
     pub database: Database,
@@ -127,6 +144,17 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Opens a harness on a fresh database of the engine that [`engine`] names. On
+    /// PostgreSQL, `STINT_TEST_POSTGRES_URL` must name the server.
+    pub async fn open(keycloak_url: &str, catalog_text: &str) -> Self {
+        match engine() {
+            Engine::Sqlite => Self::sqlite(keycloak_url, catalog_text).await,
+            Engine::Postgres => Self::postgres(keycloak_url, catalog_text)
+                .await
+                .expect("STINT_TEST_ENGINE=postgres needs STINT_TEST_POSTGRES_URL"),
+        }
+    }
+
     /// Opens a harness on a fresh SQLite file in a temporary folder.
     pub async fn sqlite(keycloak_url: &str, catalog_text: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -189,12 +217,23 @@ impl Harness {
 
     /// Creates a scheduler replica on `database` that calls the Keycloak at `keycloak_url`.
     pub fn scheduler_on(&self, database: Database, keycloak_url: &str) -> Scheduler {
+        self.replica(database, keycloak_url, settings())
+    }
+
+    /// Creates a scheduler replica with `settings` on `database` that calls the Keycloak at
+    /// `keycloak_url`.
+    pub fn replica(
+        &self,
+        database: Database,
+        keycloak_url: &str,
+        settings: SchedulerSettings,
+    ) -> Scheduler {
         let mappings: Arc<dyn RoleMappings> = Arc::new(portal_admin(keycloak_url));
         Scheduler::new(
             database,
             mappings,
             self.catalog.clone(),
-            settings(),
+            settings,
             self.clock.clock(),
         )
     }

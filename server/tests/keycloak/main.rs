@@ -3,10 +3,13 @@
 //! binary after Keycloak is ready.
 //!
 //! The scheduler and reconciliation tests also sign in as the master realm's `admin` to
-//! create throwaway users, roles and groups, and run on SQLite, and on PostgreSQL when
-//! `STINT_TEST_POSTGRES_URL` names a server whose user may create databases.
+//! create throwaway users, roles and groups. Each opens a fresh portal database of the
+//! engine in `STINT_TEST_ENGINE`: `sqlite` (the default) or `postgres`, on the server at
+//! `STINT_TEST_POSTGRES_URL`, whose user may create databases. scripts/test.sh runs the
+//! binary once with each.
 
 mod harness;
+mod outage;
 mod proxy;
 mod realm;
 mod reconcile;

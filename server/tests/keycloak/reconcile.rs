@@ -40,7 +40,7 @@ async fn reconcile_restores_and_reports() {
     let role = fixture.realm_role("reconcile").await;
     let grantee = fixture.user("grantee").await;
     let bystander = fixture.user("bystander").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&grantee, "temporary", 3600, None, None)
         .await;
@@ -126,7 +126,7 @@ async fn reconcile_keeps_explained_mappings() {
     let bystander = fixture.user("jit-bystander").await;
     fixture.realm.map_realm_role(&earlier.id, &role).await;
     fixture.realm.map_realm_role(&bystander.id, &role).await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, true)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, true)).await;
     let grant = harness
         .approved_grant(&grantee, "temporary", 3600, None, None)
         .await;
@@ -184,7 +184,7 @@ async fn reconcile_checks_client_role() {
         .map_client_role(&bystander, "billing-app", &role)
         .await;
     let catalog = client_role_entry("temporary", "billing-app", &role, false);
-    let harness = Harness::sqlite(&url, &catalog).await;
+    let harness = Harness::open(&url, &catalog).await;
     harness
         .approved_grant(&grantee, "temporary", 3600, None, None)
         .await;
@@ -226,7 +226,7 @@ async fn reconcile_special_role_name() {
     let role = fixture.realm_role("x/y z+w;v=u%41").await;
     let bystander = fixture.user("special-bystander").await;
     fixture.realm.map_realm_role(&bystander.id, &role).await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, true)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, true)).await;
     let reconciler = harness.reconciler("stint-reconcile-test");
     let summary = reconciler.run(NOW).await.unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);

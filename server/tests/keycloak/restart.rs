@@ -58,7 +58,7 @@ async fn killed_portal_revokes_after_restart() {
     let user = fixture.user("restart").await;
     let role = fixture.realm_role("restart").await;
     let catalog = realm_role_entry("restart-role", &role, false);
-    let harness = Harness::sqlite(&url, &catalog).await;
+    let harness = Harness::open(&url, &catalog).await;
     harness.clock.set(unix_now());
 
     let dir = tempfile::tempdir().unwrap();
@@ -97,9 +97,9 @@ reconcile_interval = "0s"
     let mut portal = start_portal(&config_path);
     eventually("the portal applying the grant", || async {
         fixture.realm.holds_realm_role(&user.id, &role).await
+            && harness.grant(&grant.id).await.status() == GrantStatus::Active
     })
     .await;
-    assert_eq!(harness.grant(&grant.id).await.status(), GrantStatus::Active);
 
     portal.kill().unwrap();
     portal.wait().unwrap();
@@ -114,8 +114,10 @@ reconcile_interval = "0s"
     );
 
     let mut restarted = start_portal(&config_path);
+    // The mapping goes first and the grant is stored ended just after: wait for both.
     eventually("the restarted portal revoking the grant", || async {
         !fixture.realm.holds_realm_role(&user.id, &role).await
+            && harness.grant(&grant.id).await.status() == GrantStatus::Ended
     })
     .await;
     restarted.kill().unwrap();

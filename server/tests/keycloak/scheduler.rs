@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use app::server::grants::scheduler::Scheduler;
+use app::server::grants::scheduler::{Scheduler, SchedulerSettings};
 use app::server::grants::store::{self as grants, GrantActionError, GrantStatus};
 use app::server::requests::store::{Actor, StoreError};
 
-use crate::harness::{demo_catalog_text, realm_role_entry, Harness, CLOSED_PORT_URL, NOW};
+use crate::harness::{
+    demo_catalog_text, realm_role_entry, settings, Harness, CLOSED_PORT_URL, NOW,
+};
 use crate::realm::{Fixture, TestUser, TEST_CLIENT_SECRET};
 
 /// The realm's access-token lifespan in dev/realm/stint-realm.json, in seconds.
@@ -37,7 +39,7 @@ async fn grant_applied_then_revoked() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "apply").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let starts_at = NOW + 600;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 3600, Some(starts_at), None)
@@ -144,7 +146,7 @@ max_duration = "2h"
 approvers.groups = ["/stint-approvers"]
 end_sessions = true
 "#;
-    let harness = Harness::sqlite(&url, catalog).await;
+    let harness = Harness::open(&url, catalog).await;
     let grant = harness
         .approved_grant(&user, "refunds", 1800, None, None)
         .await;
@@ -200,7 +202,7 @@ async fn preexisting_mapping_is_kept() {
         .realm
         .map_realm_role(&user.id, "prod-deployer")
         .await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 3600, None, None)
         .await;
@@ -249,7 +251,7 @@ async fn extension_keeps_mapping_until_last_end() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "extension").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let first = harness
         .approved_grant(&user, "prod-deployer", 3600, None, None)
         .await;
@@ -321,7 +323,7 @@ async fn outage_during_revocation_is_retried() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "revoke-outage").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 600, None, None)
         .await;
@@ -404,7 +406,7 @@ async fn outage_at_start_delays_apply() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "start-outage").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 600, None, None)
         .await;
@@ -446,7 +448,7 @@ async fn outage_until_end_fails_grant() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "long-outage").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 60, None, None)
         .await;
@@ -489,7 +491,7 @@ async fn dead_replica_revocation_is_finished() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "dead-revoke").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 600, None, None)
         .await;
@@ -564,7 +566,7 @@ async fn interrupted_apply_past_end_is_removed() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "dead-apply-late").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 600, None, None)
         .await;
@@ -599,7 +601,7 @@ async fn interrupted_apply_is_finished() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "dead-apply").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 600, None, None)
         .await;
@@ -653,7 +655,7 @@ async fn deleted_role_fails_active_grant() {
     let fixture = Fixture::new(&url);
     let role = fixture.realm_role("deleted").await;
     let user = fixture.user("deleted-role").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, None, None)
         .await;
@@ -686,7 +688,7 @@ async fn deleted_role_fails_scheduled_grant() {
     let fixture = Fixture::new(&url);
     let role = fixture.realm_role("deleted-early").await;
     let user = fixture.user("deleted-role-early").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, Some(NOW + 60), None)
         .await;
@@ -716,7 +718,7 @@ async fn deleted_user_fails_active_grant() {
     let fixture = Fixture::new(&url);
     let role = fixture.realm_role("user-gone").await;
     let user = fixture.user("deleted-user").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, None, None)
         .await;
@@ -758,7 +760,7 @@ async fn deleted_user_fails_scheduled_grant() {
         demo_catalog_text(),
         realm_role_entry("temporary", &role, false)
     );
-    let harness = Harness::sqlite(&url, &catalog).await;
+    let harness = Harness::open(&url, &catalog).await;
     let audience_grant = harness
         .approved_grant(&member, "prod-deployer", 600, Some(NOW + 60), None)
         .await;
@@ -791,7 +793,7 @@ async fn early_end_revokes_at_once() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "early-end").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 3600, None, None)
         .await;
@@ -839,7 +841,7 @@ async fn early_end_cancels_future_grant() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "cancel").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let grant = harness
         .approved_grant(&user, "prod-deployer", 3600, Some(NOW + 600), None)
         .await;
@@ -871,7 +873,7 @@ async fn group_mapping_keeps_role_effective() {
     fixture.map_role_to_group(&group, &role).await;
     let user = fixture.user("group-member").await;
     fixture.join_group_id(&user, &group).await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, None, None)
         .await;
@@ -921,7 +923,7 @@ async fn special_role_name_applied_and_revoked() {
     // otherwise start a matrix parameter.
     let role = fixture.realm_role("a/b c+d;e=f%41").await;
     let user = fixture.user("special-name").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, None, None)
         .await;
@@ -951,7 +953,7 @@ async fn renamed_role_revoked_by_id() {
     let fixture = Fixture::new(&url);
     let role = fixture.realm_role("rename").await;
     let user = fixture.user("renamed-role").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, None, None)
         .await;
@@ -989,7 +991,7 @@ async fn revoked_service_token_is_renewed() {
     let fixture = Fixture::new(&url);
     let role = fixture.realm_role("token").await;
     let user = fixture.user("token-renewal").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, None, None)
         .await;
@@ -1055,7 +1057,7 @@ async fn back_to_back_grants_keep_mapping() {
     // runs three times.
     for round in 0..3 {
         let user = fixture.user(&format!("back-to-back-{round}")).await;
-        let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+        let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
         let first = harness
             .approved_grant(&user, "temporary", 600, None, None)
             .await;
@@ -1096,7 +1098,7 @@ async fn refused_successor_releases_mapping() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "refused-successor").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let first = harness
         .approved_grant(&user, "prod-deployer", 600, None, None)
         .await;
@@ -1134,7 +1136,7 @@ async fn cancelled_successor_releases_mapping() {
     };
     let fixture = Fixture::new(&url);
     let user = engineer(&fixture, "cancelled-successor").await;
-    let harness = Harness::sqlite(&url, &demo_catalog_text()).await;
+    let harness = Harness::open(&url, &demo_catalog_text()).await;
     let first = harness
         .approved_grant(&user, "prod-deployer", 600, None, None)
         .await;
@@ -1190,7 +1192,7 @@ async fn missing_permission_retried_until_given() {
     let client_id = fixture
         .service_client("no-manage", &["view-users", "view-realm", "query-groups"])
         .await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, None, None)
         .await;
@@ -1242,7 +1244,7 @@ async fn lost_apply_answer_still_revoked() {
     let fixture = Fixture::new(&url);
     let role = fixture.realm_role("lost-answer").await;
     let user = fixture.user("lost-answer").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     let grant = harness
         .approved_grant(&user, "temporary", 600, None, None)
         .await;
@@ -1333,7 +1335,7 @@ async fn run_replicas(replicas: &[Arc<Scheduler>]) -> Vec<usize> {
     panic!("the replicas still claimed grants after 50 rounds: {claimed:?}");
 }
 
-/// Works twenty grants due at one instant with two replicas that have their own database
+/// Works 20 grants due at one instant with two replicas that have their own database
 /// pools and Keycloak clients, and checks that each grant is applied once and revoked once.
 async fn two_replicas_share_grants(harness: Harness, fixture: &Fixture, role: &str) {
     const GRANTS: usize = 20;
@@ -1347,11 +1349,27 @@ async fn two_replicas_share_grants(harness: Harness, fixture: &Fixture, role: &s
         users.push(user);
         grant_ids.push(grant.id);
     }
+    // With one Keycloak call in flight, a replica keeps at most 8 claimed grants that it
+    // has not worked yet, so neither can take all 20.
+    let one_slot = SchedulerSettings {
+        concurrency: 1,
+        claimed_per_slot: 8,
+        ..settings()
+    };
     let second_pool = harness.second_pool().await;
     let replicas = [
-        Arc::new(harness.scheduler()),
-        Arc::new(harness.scheduler_on(second_pool, &harness.keycloak_url)),
+        Arc::new(harness.replica(
+            harness.database.clone(),
+            &harness.keycloak_url,
+            one_slot.clone(),
+        )),
+        Arc::new(harness.replica(second_pool, &harness.keycloak_url, one_slot)),
     ];
+    // Each pool opens its first connection now, so that neither replica's first claim
+    // waits for a connection while the other claims.
+    for replica in &replicas {
+        replica.next_due().await.unwrap();
+    }
 
     let claimed = run_replicas(&replicas).await;
     assert_eq!(
@@ -1359,7 +1377,6 @@ async fn two_replicas_share_grants(harness: Harness, fixture: &Fixture, role: &s
         GRANTS,
         "claims per replica: {claimed:?}"
     );
-    // Each claim takes at most 2 × concurrency = 8 grants, so both replicas get work.
     assert!(claimed.iter().all(|count| *count > 0), "{claimed:?}");
     let applied = harness.count_events("grant_applied").await;
     for id in &grant_ids {
@@ -1396,26 +1413,12 @@ async fn two_replicas_share_grants(harness: Harness, fixture: &Fixture, role: &s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_two_replicas_apply_once() {
+async fn two_replicas_apply_once() {
     let Some(url) = crate::keycloak_url() else {
         return;
     };
     let fixture = Fixture::new(&url);
-    let role = fixture.realm_role("replicas-sqlite").await;
-    let harness = Harness::sqlite(&url, &realm_role_entry("temporary", &role, false)).await;
-    two_replicas_share_grants(harness, &fixture, &role).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_two_replicas_apply_once() {
-    let Some(url) = crate::keycloak_url() else {
-        return;
-    };
-    let fixture = Fixture::new(&url);
-    let role = fixture.realm_role("replicas-postgres").await;
-    let Some(harness) = Harness::postgres(&url, &realm_role_entry("temporary", &role, false)).await
-    else {
-        return;
-    };
+    let role = fixture.realm_role("replicas").await;
+    let harness = Harness::open(&url, &realm_role_entry("temporary", &role, false)).await;
     two_replicas_share_grants(harness, &fixture, &role).await;
 }
