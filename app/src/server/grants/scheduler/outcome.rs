@@ -140,7 +140,7 @@ impl Scheduler {
             .map(|done| done.rows_affected())
         })?;
         if renewed == 0 {
-            tracing::warn!(grant_id = %grant.id, request_id = %grant.request_id, "lease lost before a Keycloak write; the write is skipped");
+            tracing::warn!(grant_id = %grant.id, request_id = %grant.request_id, "the grant's lease was lost; this replica skips its step");
             return Ok(None);
         }
         Ok(Some(until))
