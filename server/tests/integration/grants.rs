@@ -55,6 +55,8 @@ struct Realm {
     through_group: HashSet<(String, String)>,
     down: bool,
     effective_reads_fail: bool,
+    /// Mapping writes take effect and then fail as if the response was lost on the way.
+    responses_lost: bool,
     writes: Vec<String>,
     logouts: Vec<String>,
 }
@@ -175,6 +177,9 @@ impl RoleMappings for FakeKeycloak {
             }
             realm.writes.push(format!("add {user} {}", role.name));
             realm.direct.insert((user.to_owned(), role.id.clone()));
+            if realm.responses_lost {
+                return Err(Failure::Transient("POST timed out".into()));
+            }
             Ok(KeycloakAnswer("POST returned 204".into()))
         })
     }
@@ -189,6 +194,9 @@ impl RoleMappings for FakeKeycloak {
             }
             realm.writes.push(format!("remove {user} {}", role.name));
             realm.direct.remove(&(user.to_owned(), role.id.clone()));
+            if realm.responses_lost {
+                return Err(Failure::Transient("DELETE timed out".into()));
+            }
             Ok(KeycloakAnswer("DELETE returned 204".into()))
         })
     }
@@ -917,6 +925,181 @@ async fn standing_removal_holds_back_a_start(database: Database) {
     assert_eq!(lanes, 0, "the reconciliation left its lane lease behind");
 }
 
+async fn pending_writes(database: &Database) -> i64 {
+    server::with_pool!(database, |pool| {
+        sqlx::query_scalar("select count(*) from reconcile_action")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    })
+}
+
+async fn audit_comments(database: &Database, action: &str) -> Vec<String> {
+    server::with_pool!(database, |pool| {
+        sqlx::query_scalar("select comment from audit_event where action = $1 order by id")
+            .bind(action)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    })
+}
+
+fn reconciler(harness: &Harness, owner: &str) -> Reconciler {
+    Reconciler::new(
+        harness.database.clone(),
+        harness.keycloak.clone(),
+        harness.catalog.clone(),
+        owner.into(),
+        60,
+    )
+}
+
+/// Checks that a restore and a removal whose responses time out after Keycloak did the
+/// write are read back and recorded once each.
+async fn lost_write_responses_are_read_back(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = harness.scheduler();
+    let grant = harness.grant("alice", "db-admin", 3600, None).await;
+    scheduler.run_once().await.unwrap();
+    harness.keycloak.with(|realm| {
+        realm
+            .direct
+            .remove(&("alice-sub".into(), "db-admin-id".into()));
+        realm
+            .direct
+            .insert(("bob-sub".into(), "deployer-id".into()));
+        realm.responses_lost = true;
+    });
+
+    let summary = reconciler(&harness, "reconciler")
+        .run(NOW + 100)
+        .await
+        .unwrap();
+    assert_eq!(summary.restored, 1, "{summary:?}");
+    assert_eq!(summary.removed, 1, "{summary:?}");
+    assert!(harness.keycloak.has("alice-sub", "db-admin"));
+    assert!(!harness.keycloak.has("bob-sub", "deployer"));
+
+    let restored = audit_comments(&harness.database, "grant_mapping_restored").await;
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    assert!(
+        restored[0].contains("response to the write was lost"),
+        "{restored:?}"
+    );
+    assert!(harness
+        .actions(&grant)
+        .await
+        .contains(&"grant_mapping_restored".to_owned()));
+    let removed = audit_comments(&harness.database, "standing_access_removed").await;
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(
+        removed[0].contains("response to the removal was lost"),
+        "{removed:?}"
+    );
+    assert_eq!(pending_writes(&harness.database).await, 0);
+    let granted = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(
+        granted.lease_owner, None,
+        "the restore kept the grant's lease"
+    );
+}
+
+/// Checks that a removal whose replica stopped after the DELETE and before recording it
+/// holds back the starts of its lane, and that a later run records it once.
+async fn interrupted_removal_is_recorded_later(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = harness.scheduler();
+    harness.keycloak.with(|realm| {
+        realm
+            .direct
+            .insert(("alice-sub".into(), "deployer-id".into()))
+    });
+    let dead = reconciler(&harness, "dead-replica");
+
+    let paused = harness.keycloak.removals.lock().await;
+    let reconciliation = tokio::spawn(async move { dead.run(NOW).await });
+    harness.keycloak.removal_started.notified().await;
+    // Keycloak does the DELETE and the replica dies before it hears back.
+    harness.keycloak.with(|realm| {
+        realm
+            .direct
+            .remove(&("alice-sub".into(), "deployer-id".into()))
+    });
+    reconciliation.abort();
+    assert!(reconciliation.await.unwrap_err().is_cancelled());
+    drop(paused);
+    assert_eq!(
+        count_audit(&harness.database, "standing_access_removed").await,
+        0
+    );
+    assert_eq!(pending_writes(&harness.database).await, 1);
+
+    // Past the lane lease, a grant of the lane is still held back, because it would find
+    // the mapping gone and record nothing about the removal.
+    harness.set_time(NOW + 120);
+    let grant = harness.grant("alice", "deployer", 3600, None).await;
+    assert_eq!(scheduler.run_once().await.unwrap(), 0);
+    assert_eq!(harness.status(&grant).await, GrantStatus::Scheduled);
+
+    let summary = reconciler(&harness, "live-replica")
+        .run(NOW + 120)
+        .await
+        .unwrap();
+    assert_eq!(summary.removed, 1, "{summary:?}");
+    let removed = audit_comments(&harness.database, "standing_access_removed").await;
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(
+        removed[0].contains("a read afterwards found no mapping"),
+        "{removed:?}"
+    );
+    assert_eq!(pending_writes(&harness.database).await, 0);
+    let kinds: Vec<String> = reconcile::list_findings(&harness.database, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|finding| finding.kind)
+        .collect();
+    assert_eq!(kinds, ["removed"]);
+
+    assert_eq!(scheduler.run_once().await.unwrap(), 1);
+    let started = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(started.status(), GrantStatus::Active);
+    assert_eq!(started.preexisting, 0);
+}
+
+/// Checks that a pending removal that never reached Keycloak is dropped without an audit
+/// event, and the run then removes the standing mapping itself.
+async fn unsent_removal_is_dropped(database: Database) {
+    let harness = Harness::new(database);
+    harness.keycloak.with(|realm| {
+        realm
+            .direct
+            .insert(("alice-sub".into(), "deployer-id".into()))
+    });
+    let dead = reconciler(&harness, "dead-replica");
+    let paused = harness.keycloak.removals.lock().await;
+    let reconciliation = tokio::spawn(async move { dead.run(NOW).await });
+    harness.keycloak.removal_started.notified().await;
+    reconciliation.abort();
+    assert!(reconciliation.await.unwrap_err().is_cancelled());
+    drop(paused);
+    assert!(harness.keycloak.has("alice-sub", "deployer"));
+
+    // Within the dead replica's lease, the pending write is left alone.
+    let live = reconciler(&harness, "live-replica");
+    let summary = live.run(NOW + 30).await.unwrap();
+    assert_eq!(summary.removed, 0, "{summary:?}");
+    assert_eq!(pending_writes(&harness.database).await, 1);
+
+    let summary = live.run(NOW + 120).await.unwrap();
+    assert_eq!(summary.removed, 1, "{summary:?}");
+    assert!(!harness.keycloak.has("alice-sub", "deployer"));
+    let removed = audit_comments(&harness.database, "standing_access_removed").await;
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(removed[0].contains("DELETE returned 204"), "{removed:?}");
+    assert_eq!(pending_writes(&harness.database).await, 0);
+}
+
 /// Checks that a revocation waiting for Keycloak keeps its lease past the claim's expiry,
 /// so another replica does not take the grant meanwhile.
 async fn waiting_revocation_keeps_its_lease(database: Database) {
@@ -1051,4 +1234,7 @@ on_both_engines!(
     standing_removal_holds_back_a_start,
     waiting_revocation_keeps_its_lease,
     reclaimed_grant_is_ended_once,
+    lost_write_responses_are_read_back,
+    interrupted_removal_is_recorded_later,
+    unsent_removal_is_dropped,
 );

@@ -252,7 +252,13 @@ impl Harness {
 
     /// Creates a reconciler that calls the real Keycloak and leases grants as `owner`.
     pub fn reconciler(&self, owner: &str) -> Reconciler {
-        let mappings: Arc<dyn RoleMappings> = Arc::new(portal_admin(&self.keycloak_url));
+        self.reconciler_on(owner, &self.keycloak_url)
+    }
+
+    /// Creates a reconciler that calls the Keycloak at `keycloak_url` and leases grants as
+    /// `owner`.
+    pub fn reconciler_on(&self, owner: &str, keycloak_url: &str) -> Reconciler {
+        let mappings: Arc<dyn RoleMappings> = Arc::new(portal_admin(keycloak_url));
         Reconciler::new(
             self.database.clone(),
             mappings,

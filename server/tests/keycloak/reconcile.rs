@@ -234,3 +234,113 @@ async fn reconcile_special_role_name() {
     assert_eq!(summary.removed, 1);
     assert!(!fixture.realm.holds_realm_role(&bystander.id, &role).await);
 }
+
+/// Returns how many reconciliation writes are stored as pending.
+async fn pending_writes(harness: &Harness) -> i64 {
+    server::with_pool!(&harness.database, |pool| {
+        sqlx::query_scalar("select count(*) from reconcile_action")
+            .fetch_one(pool)
+            .await
+    })
+    .unwrap()
+}
+
+/// Returns the comments of the audit events `action`, oldest first.
+async fn comments(harness: &Harness, action: &str) -> Vec<String> {
+    server::with_pool!(&harness.database, |pool| {
+        sqlx::query_scalar("select comment from audit_event where action = $1 order by id")
+            .bind(action)
+            .fetch_all(pool)
+            .await
+    })
+    .unwrap()
+}
+
+/// Runs `reconciler` at `now` until Keycloak has done its first mapping write through the
+/// holding proxy, then drops the run, as a replica killed at that moment stops.
+async fn run_until_first_write(
+    reconciler: app::server::grants::reconcile::Reconciler,
+    write_done: &tokio::sync::Notify,
+    now: i64,
+) {
+    let run = tokio::spawn(async move { reconciler.run(now).await });
+    tokio::time::timeout(std::time::Duration::from_secs(30), write_done.notified())
+        .await
+        .expect("the reconciliation sent no mapping write within 30 s");
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+}
+
+#[tokio::test]
+async fn interrupted_reconcile_writes_are_recorded() {
+    let Some(url) = crate::keycloak_url() else {
+        return;
+    };
+    let fixture = Fixture::new(&url);
+    let role = fixture.realm_role("interrupted").await;
+    let grantee = fixture.user("grantee").await;
+    let holder = fixture.user("holder").await;
+    let harness = Harness::open(&url, &realm_role_entry("cut", &role, true)).await;
+    let grant = harness
+        .approved_grant(&grantee, "cut", 3600, None, None)
+        .await;
+    assert_eq!(harness.scheduler().run_once().await.unwrap(), 1);
+    let (proxy, write_done) = crate::proxy::holding_proxy(&url).await;
+
+    // A restore that Keycloak did and the replica never recorded.
+    fixture.realm.unmap_realm_role(&grantee.id, &role).await;
+    run_until_first_write(
+        harness.reconciler_on("dead-replica", &proxy),
+        &write_done,
+        NOW + 10,
+    )
+    .await;
+    assert!(fixture.realm.holds_realm_role(&grantee.id, &role).await);
+    assert_eq!(count_action(&harness, "grant_mapping_restored").await, 0);
+    assert_eq!(pending_writes(&harness).await, 1);
+
+    let live = harness.reconciler("live-replica");
+    let summary = live.run(NOW + 100).await.unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(summary.restored, 1);
+    let restored = harness.event(&grant.id, "grant_mapping_restored").await;
+    assert!(
+        restored
+            .comment
+            .contains("a read afterwards found the mapping"),
+        "{}",
+        restored.comment
+    );
+    assert_eq!(pending_writes(&harness).await, 0);
+
+    // A removal of standing access that Keycloak did and the replica never recorded.
+    fixture.realm.map_realm_role(&holder.id, &role).await;
+    run_until_first_write(
+        harness.reconciler_on("dead-replica", &proxy),
+        &write_done,
+        NOW + 200,
+    )
+    .await;
+    assert!(!fixture.realm.holds_realm_role(&holder.id, &role).await);
+    assert_eq!(count_action(&harness, "standing_access_removed").await, 0);
+    assert_eq!(pending_writes(&harness).await, 1);
+
+    let summary = live.run(NOW + 300).await.unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(summary.removed, 1);
+    let removed = comments(&harness, "standing_access_removed").await;
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(
+        removed[0].contains("a read afterwards found no mapping"),
+        "{removed:?}"
+    );
+    assert_eq!(pending_writes(&harness).await, 0);
+    assert!(
+        fixture.realm.holds_realm_role(&grantee.id, &role).await,
+        "the reconciliation removed the mapping of the active grant"
+    );
+    assert_eq!(
+        findings(&harness).await,
+        [(holder.username.clone(), "removed".to_owned())]
+    );
+}

@@ -8,6 +8,10 @@
 //!
 //! Each new finding is an audit event and a row that the admin status page lists until the
 //! next run no longer finds it.
+//!
+//! A restore or a removal is stored as a pending write before it goes to Keycloak, and the
+//! transaction that records its outcome deletes it. When a replica dies in between, a later
+//! run reads the mapping and records what the write did.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -66,6 +70,27 @@ pub struct Summary {
     pub errors: Vec<String>,
 }
 
+/// A reconciliation write to Keycloak that was stored and whose outcome is not recorded yet.
+#[derive(Debug, sqlx::FromRow)]
+struct PendingWrite {
+    subject: String,
+    role_key: String,
+    /// `restore` or `remove`.
+    kind: String,
+    username: String,
+    grant_id: Option<String>,
+}
+
+/// A finding that [`Reconciler::record`] stores.
+struct NewFinding<'a> {
+    subject: &'a str,
+    username: &'a str,
+    role_key: &'a str,
+    kind: &'a str,
+    detail: &'a str,
+    now: i64,
+}
+
 pub struct Reconciler {
     database: Database,
     mappings: Arc<dyn RoleMappings>,
@@ -98,6 +123,8 @@ impl Reconciler {
         let catalog = current(&self.catalog);
         let mut summary = Summary::default();
         let mut seen: HashSet<(String, String, &'static str)> = HashSet::new();
+        self.finish_interrupted(&catalog, &clock, &mut summary, &mut seen)
+            .await?;
         for role in &catalog.roles {
             let role_ref = match self.mappings.find_role(&role.role).await {
                 Ok(Some(role_ref)) => role_ref,
@@ -139,7 +166,7 @@ impl Reconciler {
                     && grant.ends_at > now;
                 if applied
                     && !holder_ids.contains_key(grant.subject.as_str())
-                    && self.restore(grant, &role_ref, &clock).await?
+                    && self.restore(grant, role, &role_ref, &clock).await?
                 {
                     summary.restored += 1;
                     seen.insert((grant.subject.clone(), role.key.clone(), "restored"));
@@ -187,15 +214,15 @@ impl Reconciler {
                     }
                 }
                 let detail = format!("{username} holds {} directly without a grant", role.role);
-                self.record(
+                let finding = NewFinding {
                     subject,
                     username,
-                    &role.key,
-                    "standing_access",
-                    &detail,
+                    role_key: &role.key,
+                    kind: "standing_access",
+                    detail: &detail,
                     now,
-                )
-                .await?;
+                };
+                self.record(&finding, None, false).await?;
                 seen.insert((subject.clone(), role.key.clone(), "standing_access"));
                 summary.standing += 1;
             }
@@ -231,29 +258,285 @@ impl Reconciler {
         if !self.extend_lane(subject, &role.key, clock).await? {
             return Ok(Ok(false));
         }
+        let write = PendingWrite {
+            subject: subject.to_owned(),
+            role_key: role.key.clone(),
+            kind: "remove".into(),
+            username: username.to_owned(),
+            grant_id: None,
+        };
+        if !self.store_pending(&write, clock).await? {
+            return Ok(Ok(false));
+        }
         match self.mappings.remove_mapping(subject, role_ref).await {
             Ok(answer) => {
                 let detail = format!(
                     "{} held {} without a grant; removed because the role is JIT-only. Keycloak: {}",
                     username, role.role, answer.0
                 );
-                self.record(
+                let finding = NewFinding {
                     subject,
                     username,
-                    &role.key,
-                    "removed",
-                    &detail,
-                    clock.now(),
-                )
-                .await?;
+                    role_key: &role.key,
+                    kind: "removed",
+                    detail: &detail,
+                    now: clock.now(),
+                };
+                self.record(&finding, None, true).await?;
                 Ok(Ok(true))
             }
-            Err(failure) => Ok(Err(format!(
-                "{}: removing the standing mapping of {username} failed: {}",
-                role.key,
-                failure.message()
-            ))),
+            Err(failure) => {
+                let error = format!(
+                    "{}: removing the standing mapping of {username} failed: {}",
+                    role.key,
+                    failure.message()
+                );
+                tracing::warn!(role = %role.key, %subject, error = %failure.message(), "removing a standing mapping failed");
+                // A timed-out DELETE may still have removed the mapping, so read it.
+                match self.settle(&write, role, role_ref, clock).await? {
+                    Ok(Some(_)) => Ok(Ok(true)),
+                    Ok(None) | Err(_) => Ok(Err(error)),
+                }
+            }
         }
+    }
+
+    /// Stores `write` as pending under this reconciliation's name, before it goes to
+    /// Keycloak. Returns false, and stores nothing, when a write of the lane is pending.
+    async fn store_pending(
+        &self,
+        write: &PendingWrite,
+        clock: &RunClock,
+    ) -> Result<bool, StoreError> {
+        let now = clock.now();
+        let stored = with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "insert into reconcile_action (subject, role_key, kind, username, grant_id, \
+                 owner, expires_at, started_at) values ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 on conflict (subject, role_key) do nothing",
+            )
+            .bind(&write.subject)
+            .bind(&write.role_key)
+            .bind(&write.kind)
+            .bind(&write.username)
+            .bind(&write.grant_id)
+            .bind(&self.owner)
+            .bind(now + self.lease_seconds)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        if stored == 0 {
+            tracing::warn!(subject = %write.subject, role = %write.role_key, "another reconciliation write of this lane is pending; leaving the lane to the next run");
+        }
+        Ok(stored > 0)
+    }
+
+    /// Takes over the pending writes whose replica stopped before recording them, and
+    /// records what each did by reading the mapping in Keycloak.
+    async fn finish_interrupted(
+        &self,
+        catalog: &crate::server::catalog::Catalog,
+        clock: &RunClock,
+        summary: &mut Summary,
+        seen: &mut HashSet<(String, String, &'static str)>,
+    ) -> Result<(), StoreError> {
+        let now = clock.now();
+        let stale: Vec<PendingWrite> = with_pool!(&self.database, |pool| {
+            sqlx::query_as(
+                "select subject, role_key, kind, username, grant_id from reconcile_action \
+                 where expires_at <= $1 order by started_at",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await
+        })?;
+        for write in stale {
+            // The update checks the expiry again, so only one replica takes each write over.
+            let claimed = with_pool!(&self.database, |pool| {
+                sqlx::query(
+                    "update reconcile_action set owner = $1, expires_at = $2 \
+                     where subject = $3 and role_key = $4 and expires_at <= $5",
+                )
+                .bind(&self.owner)
+                .bind(now + self.lease_seconds)
+                .bind(&write.subject)
+                .bind(&write.role_key)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+            })?;
+            if claimed == 0 {
+                continue;
+            }
+            tracing::warn!(subject = %write.subject, role = %write.role_key, kind = %write.kind, grant_id = write.grant_id.as_deref().unwrap_or(""), "finishing a reconciliation write whose replica stopped before recording it");
+            let Some(role) = catalog.find(&write.role_key) else {
+                tracing::warn!(subject = %write.subject, role = %write.role_key, "the role of an interrupted reconciliation write is no longer in the catalog; dropping the write");
+                self.drop_pending(&write).await?;
+                continue;
+            };
+            let role_ref = match self.mappings.find_role(&role.role).await {
+                Ok(Some(role_ref)) => role_ref,
+                Ok(None) => {
+                    summary.errors.push(format!(
+                        "{}: {} does not exist in Keycloak",
+                        role.key, role.role
+                    ));
+                    self.drop_pending(&write).await?;
+                    continue;
+                }
+                Err(failure) => {
+                    summary
+                        .errors
+                        .push(format!("{}: {}", role.key, failure.message()));
+                    self.release_pending(&write, now).await?;
+                    continue;
+                }
+            };
+            match self.settle(&write, role, &role_ref, clock).await? {
+                Ok(Some(kind)) => {
+                    seen.insert((write.subject.clone(), write.role_key.clone(), kind));
+                    match kind {
+                        "restored" => summary.restored += 1,
+                        _ => summary.removed += 1,
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => summary.errors.push(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the mapping that pending `write` changed, after its response was lost, and
+    /// records the write when Keycloak shows its effect. Returns the finding kind recorded,
+    /// `None` when the write had no effect (the pending row is deleted), and `Err` with a
+    /// summary line when the read failed (the row stays for the next run).
+    async fn settle(
+        &self,
+        write: &PendingWrite,
+        role: &CatalogRole,
+        role_ref: &RoleRef,
+        clock: &RunClock,
+    ) -> Result<Result<Option<&'static str>, String>, StoreError> {
+        let mapped = match self
+            .mappings
+            .has_direct_mapping(&write.subject, role_ref)
+            .await
+        {
+            Ok(Some(mapped)) => mapped,
+            // The user was deleted, so it has no mappings and there is no write to record.
+            Ok(None) => {
+                tracing::warn!(subject = %write.subject, role = %write.role_key, "user not found for a pending reconciliation write; dropping the write");
+                self.drop_pending(write).await?;
+                return Ok(Ok(None));
+            }
+            Err(failure) => {
+                tracing::warn!(subject = %write.subject, role = %write.role_key, error = %failure.message(), "reading a mapping after a reconciliation write failed; the next run reads it again");
+                self.release_pending(write, clock.now()).await?;
+                return Ok(Err(format!(
+                    "{}: reading the mapping of {} failed: {}",
+                    write.role_key,
+                    write.username,
+                    failure.message()
+                )));
+            }
+        };
+        let now = clock.now();
+        match (write.kind.as_str(), &write.grant_id) {
+            ("restore", Some(grant_id)) if mapped => {
+                let Some(grant) = self.active_grant(grant_id, now).await? else {
+                    self.drop_pending(write).await?;
+                    return Ok(Ok(None));
+                };
+                let comment = "the mapping was missing in Keycloak and was added again. \
+                     Keycloak's response to the write was lost; a read afterwards found the mapping";
+                let detail = format!("grant {}: {comment}", grant.id);
+                let finding = NewFinding {
+                    subject: &write.subject,
+                    username: &write.username,
+                    role_key: &write.role_key,
+                    kind: "restored",
+                    detail: &detail,
+                    now,
+                };
+                self.record(&finding, Some((&grant, comment)), true).await?;
+                Ok(Ok(Some("restored")))
+            }
+            ("remove", _) if !mapped => {
+                let detail = format!(
+                    "{} held {} without a grant; removed because the role is JIT-only. \
+                     Keycloak's response to the removal was lost; a read afterwards found no mapping",
+                    write.username, role.role
+                );
+                let finding = NewFinding {
+                    subject: &write.subject,
+                    username: &write.username,
+                    role_key: &write.role_key,
+                    kind: "removed",
+                    detail: &detail,
+                    now,
+                };
+                self.record(&finding, None, true).await?;
+                Ok(Ok(Some("removed")))
+            }
+            _ => {
+                self.drop_pending(write).await?;
+                Ok(Ok(None))
+            }
+        }
+    }
+
+    /// Deletes this reconciliation's pending row of `write`.
+    async fn drop_pending(&self, write: &PendingWrite) -> Result<(), StoreError> {
+        with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "delete from reconcile_action where subject = $1 and role_key = $2 and owner = $3",
+            )
+            .bind(&write.subject)
+            .bind(&write.role_key)
+            .bind(&self.owner)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Lets the pending row of `write` expire at `now`, so the next run reads it at once.
+    async fn release_pending(&self, write: &PendingWrite, now: i64) -> Result<(), StoreError> {
+        with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "update reconcile_action set expires_at = $1 \
+                 where subject = $2 and role_key = $3 and owner = $4",
+            )
+            .bind(now)
+            .bind(&write.subject)
+            .bind(&write.role_key)
+            .bind(&self.owner)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Returns grant `id` when it is active and has not ended at `now`.
+    async fn active_grant(&self, id: &str, now: i64) -> Result<Option<Grant>, StoreError> {
+        let sql = format!(
+            "select {GRANT_COLUMNS} from access_grant where id = $1 and status = 'active' \
+             and ends_at > $2"
+        );
+        let grant = with_pool!(&self.database, |pool| {
+            sqlx::query_as::<_, Grant>(&sql)
+                .bind(id)
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(grant)
     }
 
     /// Leases the lane of `subject` and `role_key`. Returns false, and leases nothing, when
@@ -387,6 +670,7 @@ impl Reconciler {
     async fn restore(
         &self,
         grant: &Grant,
+        role: &CatalogRole,
         role_ref: &RoleRef,
         clock: &RunClock,
     ) -> Result<bool, StoreError> {
@@ -408,6 +692,13 @@ impl Reconciler {
         if leased == 0 {
             return Ok(false);
         }
+        let write = PendingWrite {
+            subject: grant.subject.clone(),
+            role_key: grant.role_key.clone(),
+            kind: "restore".into(),
+            username: grant.username.clone(),
+            grant_id: Some(grant.id.clone()),
+        };
         let outcome = match self
             .mappings
             .has_direct_mapping(&grant.subject, role_ref)
@@ -416,10 +707,13 @@ impl Reconciler {
             Ok(Some(true)) => None,
             // The read may have taken most of the lease, and the grant may have ended.
             Ok(_) if !self.extend_grant_lease(grant, clock).await? => None,
+            Ok(_) if !self.store_pending(&write, clock).await? => None,
             Ok(_) => Some(self.mappings.add_mapping(&grant.subject, role_ref).await),
-            Err(failure) => Some(Err(failure)),
+            Err(failure) => {
+                tracing::warn!(grant_id = %grant.id, error = %failure.message(), "reading a mapping before a restore failed; the next run tries again");
+                None
+            }
         };
-        let now = clock.now();
         let restored = match outcome {
             None => false,
             Some(Ok(answer)) => {
@@ -427,44 +721,26 @@ impl Reconciler {
                     "the mapping was missing in Keycloak and was added again. Keycloak: {}",
                     answer.0
                 );
-                with_pool!(&self.database, |pool| {
-                    async {
-                        let mut tx = pool.begin_with(self.database.begin_for_write()).await?;
-                        let event = GrantEvent {
-                            actor: None,
-                            action: "grant_mapping_restored",
-                            from: GrantStatus::Active,
-                            to: GrantStatus::Active,
-                            comment: &comment,
-                        };
-                        grant_audit!(
-                            tx,
-                            &self.database,
-                            now,
-                            &grant.request_id,
-                            &grant.id,
-                            &event
-                        )?;
-                        tx.commit().await?;
-                        Ok::<(), sqlx::Error>(())
-                    }
-                    .await
-                })?;
-                self.record(
-                    &grant.subject,
-                    &grant.username,
-                    &grant.role_key,
-                    "restored",
-                    &format!("grant {}: {comment}", grant.id),
-                    now,
-                )
-                .await?;
+                let detail = format!("grant {}: {comment}", grant.id);
+                let finding = NewFinding {
+                    subject: &grant.subject,
+                    username: &grant.username,
+                    role_key: &grant.role_key,
+                    kind: "restored",
+                    detail: &detail,
+                    now: clock.now(),
+                };
+                self.record(&finding, Some((grant, &comment)), true).await?;
                 tracing::warn!(grant_id = %grant.id, request_id = %grant.request_id, "restored a missing mapping of an active grant");
                 true
             }
             Some(Err(failure)) => {
-                tracing::warn!(grant_id = %grant.id, error = %failure.message(), "restoring a missing mapping failed; the next run tries again");
-                false
+                tracing::warn!(grant_id = %grant.id, error = %failure.message(), "restoring a missing mapping failed");
+                // A timed-out POST may still have added the mapping, so read it.
+                matches!(
+                    self.settle(&write, role, role_ref, clock).await?,
+                    Ok(Some(_))
+                )
             }
         };
         with_pool!(&self.database, |pool| {
@@ -505,20 +781,48 @@ impl Reconciler {
         Ok(extended > 0)
     }
 
-    /// Stores a finding: a new one gets a row and an audit event, a known one a new
-    /// `last_seen`.
+    /// Stores `finding`: a new one gets a row and an audit event, a known one a new
+    /// `last_seen`. In the same transaction it writes the audit event of the restored grant
+    /// in `restored` (with its comment) and, when `ends_write` is set, deletes the pending
+    /// write of the lane.
     async fn record(
         &self,
-        subject: &str,
-        username: &str,
-        role_key: &str,
-        kind: &str,
-        detail: &str,
-        now: i64,
+        finding: &NewFinding<'_>,
+        restored: Option<(&Grant, &str)>,
+        ends_write: bool,
     ) -> Result<(), StoreError> {
+        let NewFinding {
+            subject,
+            username,
+            role_key,
+            kind,
+            detail,
+            now,
+        } = *finding;
         with_pool!(&self.database, |pool| {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_with(self.database.begin_for_write()).await?;
+                if let Some((grant, comment)) = restored {
+                    let event = GrantEvent {
+                        actor: None,
+                        action: "grant_mapping_restored",
+                        from: GrantStatus::Active,
+                        to: GrantStatus::Active,
+                        comment,
+                    };
+                    grant_audit!(tx, &self.database, now, &grant.request_id, &grant.id, &event)?;
+                }
+                if ends_write {
+                    sqlx::query(
+                        "delete from reconcile_action where subject = $1 and role_key = $2 \
+                         and owner = $3",
+                    )
+                    .bind(subject)
+                    .bind(role_key)
+                    .bind(&self.owner)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let known = sqlx::query(
                     "update reconcile_finding set last_seen = $1, detail = $2 \
                      where subject = $3 and role_key = $4 and kind = $5 and resolved_at is null",

@@ -470,8 +470,9 @@ impl Scheduler {
         tracing::info!(owner = %self.owner, "grant scheduler stopped");
     }
 
-    /// Leases up to `limit` due grants whose lane no other lease holds, under a new lease
-    /// token, and returns the token with the grants.
+    /// Leases up to `limit` due grants whose lane no other lease holds and no pending
+    /// reconciliation removal blocks, under a new lease token, and returns the token with
+    /// the grants.
     async fn claim(&self, now: i64, limit: usize) -> Result<(String, Vec<Claimed>), StoreError> {
         let number = self.claims_made.fetch_add(1, Ordering::Relaxed);
         let token = format!("{}#{number}", self.owner);
@@ -487,6 +488,8 @@ impl Scheduler {
                  and o.role_key = g.role_key and o.id <> g.id and o.lease_expires_at > $3) \
                and not exists (select 1 from lane_lease l where l.subject = g.subject \
                  and l.role_key = g.role_key and l.expires_at > $3) \
+               and not exists (select 1 from reconcile_action a where a.subject = g.subject \
+                 and a.role_key = g.role_key and a.kind = 'remove') \
                order by g.due_at, g.id limit $4) \
              returning {GRANT_COLUMNS}, \
                (select o.id from access_grant o where o.subject = access_grant.subject \
