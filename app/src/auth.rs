@@ -39,14 +39,32 @@ impl leptos::server_fn::error::FromServerFnError for AccessError {
     }
 }
 
-/// Returns the caller if they have `persona`, for server functions to call first.
+/// Returns the caller if they have `persona`, for server functions to call first. A
+/// server-function call that fails the check gets 401 (signed out) or 403 (missing
+/// persona), in place of 500, the status Leptos gives a server-function error by default.
 #[cfg(feature = "ssr")]
 pub fn require(persona: Persona) -> Result<CurrentUser, AccessError> {
-    let user = request_user().ok_or(AccessError::SignedOut)?;
+    let Some(user) = request_user() else {
+        reject_call(401);
+        return Err(AccessError::SignedOut);
+    };
     if user.is(persona) {
         Ok(user)
     } else {
+        tracing::info!(subject = %user.subject, persona = persona.label(), "server function call rejected: missing persona");
+        reject_call(403);
         Err(AccessError::Forbidden(persona))
+    }
+}
+
+/// Sets `status` on the response when the request is a server-function call. A page that
+/// calls a server function while it renders keeps the status that its own guard sets.
+#[cfg(feature = "ssr")]
+fn reject_call(status: u16) {
+    let is_call = use_context::<axum::http::request::Parts>()
+        .is_some_and(|parts| parts.uri.path().starts_with(crate::API_PREFIX));
+    if is_call {
+        crate::components::guard::set_status(status);
     }
 }
 

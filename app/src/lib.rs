@@ -35,6 +35,9 @@ use crate::routes::{
 /// File stem of the wasm-bindgen output and of the stylesheet under `/pkg`.
 pub const OUTPUT_NAME: &str = "stint";
 
+/// The path prefix of every server function, which is the default of Leptos's `#[server]`.
+pub const API_PREFIX: &str = "/api/";
+
 /// Extra origins that the Content-Security-Policy of pages allows as form targets: signing
 /// out posts to the portal, which redirects to Keycloak, and `form-action` covers redirects.
 #[derive(Clone, Debug, Default)]

@@ -401,6 +401,47 @@ async fn post_logout_token(harness: &Harness, token: &str) -> StatusCode {
 }
 
 #[tokio::test]
+async fn rejected_server_function_statuses() {
+    let harness = harness().await;
+    let signed_out = send(
+        &harness.state,
+        "POST",
+        "/api/grant_status",
+        None,
+        Some(String::new()),
+    )
+    .await;
+    assert_eq!(signed_out.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(support::body_json(signed_out).await, json!("SignedOut"));
+
+    // user-1 is in /engineering, which gives the Requester persona and not Admin.
+    let cookie = signed_in(&harness).await;
+    let forbidden = send(
+        &harness.state,
+        "POST",
+        "/api/grant_status",
+        Some(&cookie),
+        Some(String::new()),
+    )
+    .await;
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        support::body_json(forbidden).await,
+        json!({ "Forbidden": "Admin" })
+    );
+
+    let queue = send(
+        &harness.state,
+        "POST",
+        "/api/approval_queue",
+        Some(&cookie),
+        Some(String::new()),
+    )
+    .await;
+    assert_eq!(queue.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn backchannel_logout_ends_every_session_of_subject() {
     let harness = harness().await;
     let first = signed_in(&harness).await;
