@@ -9,9 +9,13 @@ export const KEYCLOAK_URL = process.env.STINT_E2E_KEYCLOAK_URL ?? 'http://127.0.
 
 const repo = path.resolve(__dirname, '..');
 const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(repo, 'target');
-const binary = process.env.STINT_BIN ?? path.join(targetDir, 'debug', 'stint');
-const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'stint-e2e-'));
-const portalCommand = `${binary} --config ${path.join(repo, 'dev', 'stint.toml')}`;
+export const STINT_BINARY = process.env.STINT_BIN ?? path.join(targetDir, 'debug', 'stint');
+export const STINT_CONFIG = path.join(repo, 'dev', 'stint.toml');
+// Workers load this file again and inherit the runner's environment, so the folder is
+// created once and the tests see the portal's database.
+process.env.STINT_E2E_DATA_DIR ??= fs.mkdtempSync(path.join(os.tmpdir(), 'stint-e2e-'));
+const dataDir = process.env.STINT_E2E_DATA_DIR;
+const portalCommand = `${STINT_BINARY} --config ${STINT_CONFIG}`;
 const databaseUrl = process.env.STINT_E2E_DATABASE_URL ?? `sqlite://${dataDir}/stint.db`;
 
 // STINT_E2E_REPLICAS=2 runs two portal processes on one PostgreSQL database behind a
@@ -34,6 +38,17 @@ const replicasCommand = [
   `--replica b=${portalPort + 2}`,
   `-- ${portalCommand}`,
 ].join(' ');
+
+/** The environment of the portal processes, which `stint` commands run by the tests share. */
+export const PORTAL_ENV: Record<string, string> = {
+  STINT_LISTEN: new URL(PORTAL_URL).host,
+  STINT_PUBLIC_URL: PORTAL_URL,
+  STINT_DATABASE_URL: databaseUrl,
+  STINT_CATALOG: path.join(__dirname, 'catalog.toml'),
+  STINT_SITE_ROOT: process.env.STINT_SITE_ROOT ?? path.join(targetDir, 'site'),
+  STINT_KEYCLOAK__URL: KEYCLOAK_URL,
+  RUST_LOG: process.env.RUST_LOG ?? 'info,sqlx=warn',
+};
 
 // Chromium from Debian's package. As root it needs --no-sandbox; the networking switches
 // stop it from calling outside hosts, which this test network refuses.
@@ -79,14 +94,6 @@ export default defineConfig({
     timeout: 60_000,
     stdout: 'pipe',
     stderr: 'pipe',
-    env: {
-      STINT_LISTEN: new URL(PORTAL_URL).host,
-      STINT_PUBLIC_URL: PORTAL_URL,
-      STINT_DATABASE_URL: databaseUrl,
-      STINT_CATALOG: path.join(__dirname, 'catalog.toml'),
-      STINT_SITE_ROOT: process.env.STINT_SITE_ROOT ?? path.join(targetDir, 'site'),
-      STINT_KEYCLOAK__URL: KEYCLOAK_URL,
-      RUST_LOG: process.env.RUST_LOG ?? 'info,sqlx=warn',
-    },
+    env: PORTAL_ENV,
   },
 });

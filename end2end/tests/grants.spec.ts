@@ -1,4 +1,7 @@
 import { test, expect, type APIRequestContext, type BrowserContext, type Page } from '@playwright/test';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { PORTAL_ENV, STINT_BINARY, STINT_CONFIG } from '../playwright.config';
 import {
   approveRequest,
   hasClientRoleMapping,
@@ -211,5 +214,36 @@ test.describe('grant lifecycle in Keycloak', () => {
     await expect.poll(() => grantStatus(alice, id), { timeout: SCHEDULER_TIMEOUT }).toBe('ended');
     await erin.goto('/admin');
     await expect(row('grants-ending')).toHaveCount(0);
+  });
+
+  test('reconciliation restores a mapping removed by hand', async ({ browser, request }) => {
+    test.setTimeout(90_000);
+    const alice = await openSignedIn(browser, 'alice', contexts);
+    const bob = await openSignedIn(browser, 'bob', contexts);
+    const erin = await openSignedIn(browser, 'erin', contexts);
+
+    const id = await askForRole(alice, '1h', 'refund order 1005');
+    await approveRequest(bob, id);
+    const grantId = await waitUntilActive(alice, id);
+    await removeClientRoleMapping(request, 'alice', KEYCLOAK_ROLE);
+    expect(await aliceHoldsRole(request)).toBe(false);
+
+    // `stint reconcile` runs the periodic comparison once, on the portal's database.
+    const { stdout } = await promisify(execFile)(STINT_BINARY, ['--config', STINT_CONFIG, 'reconcile'], {
+      env: { ...process.env, ...PORTAL_ENV, RUST_LOG: 'warn' },
+    });
+    const restored = /(\d+) mappings restored/.exec(stdout);
+    expect(restored, `output of stint reconcile: ${stdout}`).not.toBeNull();
+    expect(Number(restored![1]), 'mappings restored').toBeGreaterThanOrEqual(1);
+    expect(await aliceHoldsRole(request)).toBe(true);
+
+    await erin.goto('/admin');
+    const finding = erin
+      .getByTestId('findings')
+      .locator(`[data-testid="finding"][data-kind="restored"][data-role="${ROLE_KEY}"]`);
+    await expect(finding).toHaveCount(1);
+    await expect(finding.locator('td').nth(1)).toHaveText('alice');
+    await expect(finding.locator('td').nth(3)).toContainText(`grant ${grantId}`);
+    await expect(grantStatus(alice, id)).resolves.toBe('active');
   });
 });

@@ -39,8 +39,9 @@ pub async fn expire_requests(database: Database, shutdown: CancellationToken) {
     tracing::info!("request expiry job stopped");
 }
 
-/// Compares the grants with Keycloak's mappings every `scheduler.reconcile_interval`. The
-/// first run waits one interval, so a start-up does not race the scheduler's catch-up.
+/// Compares the grants with Keycloak's mappings every `scheduler.reconcile_interval`, on
+/// one replica per interval. The first run waits one interval, so a start-up does not race
+/// the scheduler's catch-up.
 pub async fn reconcile(state: crate::state::AppState, shutdown: CancellationToken) {
     let every = state.config.scheduler.reconcile_interval();
     if every.is_zero() || !state.config.scheduler.enabled {
@@ -67,6 +68,17 @@ pub async fn reconcile(state: crate::state::AppState, shutdown: CancellationToke
             _ = shutdown.cancelled() => break,
             _ = interval.tick() => {
                 let now = OffsetDateTime::now_utc().unix_timestamp();
+                match reconciler.take_turn(now, every.as_secs() as i64).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!("another replica ran the reconciliation in this interval");
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "taking the reconciliation's turn failed; retrying at the next interval");
+                        continue;
+                    }
+                }
                 match reconciler.run(now).await {
                     Ok(summary) => {
                         for error in &summary.errors {

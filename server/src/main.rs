@@ -24,6 +24,10 @@ enum Command {
     CheckConfig,
     /// Check the catalog file against Keycloak, print each problem, and exit.
     CheckCatalog,
+    /// Compare the grants with Keycloak's mappings once, now, as the periodic
+    /// reconciliation does, print the counts, and exit. Exits 1 when a role could not be
+    /// checked.
+    Reconcile,
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
@@ -74,6 +78,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckCatalog => check_catalog(&config).await,
+        Command::Reconcile => reconcile(&config).await,
         Command::Audit {
             command: AuditCommand::Verify,
         } => verify_audit(&config).await,
@@ -87,21 +92,27 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn check_catalog(config: &Config) -> ExitCode {
-    let http = match server::state::http_client() {
-        Ok(http) => http,
-        Err(error) => {
-            eprintln!("stint: could not build the HTTP client: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let admin = app::server::keycloak::KeycloakAdmin::new(
+/// Builds the Admin API client of the portal's service account.
+fn keycloak_admin(config: &Config) -> Result<app::server::keycloak::KeycloakAdmin, String> {
+    let http = server::state::http_client()
+        .map_err(|error| format!("could not build the HTTP client: {error}"))?;
+    Ok(app::server::keycloak::KeycloakAdmin::new(
         http,
         config.keycloak.url.as_str(),
         &config.keycloak.realm,
         &config.keycloak.client_id,
         config.keycloak.client_secret(),
-    );
+    ))
+}
+
+async fn check_catalog(config: &Config) -> ExitCode {
+    let admin = match keycloak_admin(config) {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("stint: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     match app::server::catalog::Catalog::load(&config.catalog, &admin).await {
         Ok((catalog, warnings)) if warnings.is_empty() => {
             println!(
@@ -163,6 +174,65 @@ async fn serve(config: Config) -> ExitCode {
             tracing::error!(%error, "stint stopped with an error");
             eprintln!("stint: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn reconcile(config: &Config) -> ExitCode {
+    use std::sync::{Arc, RwLock};
+
+    let admin = match keycloak_admin(config) {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("stint: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let catalog = match app::server::catalog::Catalog::load(&config.catalog, &admin).await {
+        Ok((catalog, warnings)) => {
+            for warning in warnings {
+                eprintln!("stint: catalog: {warning}");
+            }
+            catalog
+        }
+        Err(error) => {
+            eprintln!("stint: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let database = match open_database(config).await {
+        Ok(database) => database,
+        Err(error) => {
+            eprintln!("stint: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let reconciler = app::server::grants::reconcile::Reconciler::new(
+        database,
+        Arc::new(admin),
+        Arc::new(RwLock::new(Arc::new(catalog))),
+        format!("stint-reconcile-{}", uuid::Uuid::new_v4()),
+        config.scheduler.lease().as_secs() as i64,
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match reconciler.run(now).await {
+        Ok(summary) => {
+            println!(
+                "checked {} roles: {} mappings restored, {} standing mappings reported, {} removed",
+                summary.roles_checked, summary.restored, summary.standing, summary.removed
+            );
+            for error in &summary.errors {
+                eprintln!("stint: not checked: {error}");
+            }
+            if summary.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("stint: reconciliation failed: {error}");
+            ExitCode::from(2)
         }
     }
 }

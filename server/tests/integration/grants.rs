@@ -1100,6 +1100,126 @@ async fn unsent_removal_is_dropped(database: Database) {
     assert_eq!(pending_writes(&harness.database).await, 0);
 }
 
+/// Checks that a grant of a role held before gets the mapping back when it is removed
+/// during the grant, and then removes it at its end.
+async fn held_before_grant_is_restored(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = harness.scheduler();
+    harness.keycloak.with(|realm| {
+        realm
+            .direct
+            .insert(("alice-sub".into(), "db-admin-id".into()))
+    });
+    let grant = harness.grant("alice", "db-admin", 600, None).await;
+    scheduler.run_once().await.unwrap();
+    let applied = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(applied.preexisting, 1);
+
+    harness.keycloak.with(|realm| {
+        realm
+            .direct
+            .remove(&("alice-sub".into(), "db-admin-id".into()))
+    });
+    let summary = reconciler(&harness, "reconciler")
+        .run(NOW + 100)
+        .await
+        .unwrap();
+    assert_eq!(summary.restored, 1, "{summary:?}");
+    assert!(harness.keycloak.has("alice-sub", "db-admin"));
+    let restored = grants::find(&harness.database, &grant).await.unwrap();
+    assert_eq!(
+        restored.preexisting, 0,
+        "the grant still leaves the mapping at its end"
+    );
+    let comments = audit_comments(&harness.database, "grant_mapping_restored").await;
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(
+        comments[0].contains("held the role directly before"),
+        "{comments:?}"
+    );
+
+    harness.set_time(NOW + 600);
+    scheduler.run_once().await.unwrap();
+    assert_eq!(harness.status(&grant).await, GrantStatus::Ended);
+    assert!(
+        !harness.keycloak.has("alice-sub", "db-admin"),
+        "the mapping the portal restored outlived the grant"
+    );
+}
+
+/// Checks that restores stay on the status page for a week, each with its audit event,
+/// and carry the grant's ids.
+async fn restores_stay_listed_for_a_week(database: Database) {
+    let harness = Harness::new(database);
+    let scheduler = harness.scheduler();
+    let grant = harness
+        .grant("alice", "db-admin", 30 * 24 * 3600, None)
+        .await;
+    scheduler.run_once().await.unwrap();
+    let reconciler = reconciler(&harness, "reconciler");
+    let drift = || {
+        harness.keycloak.with(|realm| {
+            realm
+                .direct
+                .remove(&("alice-sub".into(), "db-admin-id".into()))
+        })
+    };
+
+    drift();
+    reconciler.run(NOW + 100).await.unwrap();
+    reconciler.run(NOW + 200).await.unwrap();
+    let kinds = |findings: Vec<reconcile::Finding>| -> Vec<String> {
+        findings.into_iter().map(|finding| finding.kind).collect()
+    };
+    let listed = reconcile::list_findings(&harness.database, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(listed),
+        ["restored"],
+        "a run without drift closed the restore"
+    );
+
+    drift();
+    let summary = reconciler.run(NOW + 300).await.unwrap();
+    assert_eq!(summary.restored, 1, "{summary:?}");
+    assert_eq!(
+        count_audit(&harness.database, "drift_mapping_restored").await,
+        2
+    );
+    let grant_ids: Vec<Option<String>> = server::with_pool!(&harness.database, |pool| {
+        sqlx::query_scalar(
+            "select grant_id from audit_event where action = 'drift_mapping_restored'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    assert_eq!(grant_ids, [Some(grant.clone()), Some(grant.clone())]);
+
+    reconciler.run(NOW + 300 + 7 * 24 * 3600).await.unwrap();
+    let listed = reconcile::list_findings(&harness.database, 10)
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+/// Checks that replicas on one database take turns at the reconciliation, and that a
+/// replica takes over once the one that ran stops taking its turns.
+async fn replicas_take_reconcile_turns(database: Database) {
+    let harness = Harness::new(database);
+    let first = reconciler(&harness, "first");
+    let second = reconciler(&harness, "second");
+    assert!(first.take_turn(NOW, 20).await.unwrap());
+    assert!(!second.take_turn(NOW + 7, 20).await.unwrap());
+    assert!(first.take_turn(NOW + 20, 20).await.unwrap());
+    assert!(!second.take_turn(NOW + 27, 20).await.unwrap());
+    // The first replica stops, so the second runs at its first tick an interval after the
+    // last run.
+    assert!(second.take_turn(NOW + 47, 20).await.unwrap());
+    assert!(!first.take_turn(NOW + 60, 20).await.unwrap());
+}
+
 /// Checks that a revocation waiting for Keycloak keeps its lease past the claim's expiry,
 /// so another replica does not take the grant meanwhile.
 async fn waiting_revocation_keeps_its_lease(database: Database) {
@@ -1237,4 +1357,7 @@ on_both_engines!(
     lost_write_responses_are_read_back,
     interrupted_removal_is_recorded_later,
     unsent_removal_is_dropped,
+    held_before_grant_is_restored,
+    restores_stay_listed_for_a_week,
+    replicas_take_reconcile_turns,
 );

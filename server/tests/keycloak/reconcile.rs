@@ -89,8 +89,11 @@ async fn reconcile_restores_and_reports() {
     assert_eq!(summary.standing, 1);
     assert_eq!(
         findings(&harness).await,
-        [(bystander.username.clone(), "standing_access".to_owned())],
-        "a finding the run no longer saw stayed open"
+        [
+            (bystander.username.clone(), "standing_access".to_owned()),
+            (grantee.username.clone(), "restored".to_owned()),
+        ],
+        "the restore left the status page, or the standing access was not found again"
     );
     assert_eq!(count_action(&harness, "standing_access_found").await, 1);
 
@@ -109,7 +112,10 @@ async fn reconcile_restores_and_reports() {
     );
     assert_eq!(
         findings(&harness).await,
-        [(bystander.username.clone(), "removed".to_owned())]
+        [
+            (bystander.username.clone(), "removed".to_owned()),
+            (grantee.username.clone(), "restored".to_owned()),
+        ]
     );
     assert_eq!(count_action(&harness, "standing_access_removed").await, 1);
 }
@@ -341,6 +347,46 @@ async fn interrupted_reconcile_writes_are_recorded() {
     );
     assert_eq!(
         findings(&harness).await,
-        [(holder.username.clone(), "removed".to_owned())]
+        [
+            (grantee.username.clone(), "restored".to_owned()),
+            (holder.username.clone(), "removed".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn held_before_mapping_is_restored() {
+    let Some(url) = crate::keycloak_url() else {
+        return;
+    };
+    let fixture = Fixture::new(&url);
+    let role = fixture.realm_role("heldbefore").await;
+    let user = fixture.user("heldbefore").await;
+    fixture.realm.map_realm_role(&user.id, &role).await;
+    let harness = Harness::open(&url, &realm_role_entry("held", &role, false)).await;
+    let grant = harness.approved_grant(&user, "held", 600, None, None).await;
+    let scheduler = harness.scheduler();
+    assert_eq!(scheduler.run_once().await.unwrap(), 1);
+    assert_eq!(harness.grant(&grant.id).await.preexisting, 1);
+
+    fixture.realm.unmap_realm_role(&user.id, &role).await;
+    let summary = harness.reconciler("live").run(NOW + 10).await.unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(summary.restored, 1);
+    assert!(fixture.realm.holds_realm_role(&user.id, &role).await);
+    let restored = harness.event(&grant.id, "grant_mapping_restored").await;
+    assert!(
+        restored.comment.contains("held the role directly before"),
+        "{}",
+        restored.comment
+    );
+    assert_eq!(harness.grant(&grant.id).await.preexisting, 0);
+
+    harness.clock.set(NOW + 600);
+    assert_eq!(scheduler.run_once().await.unwrap(), 1);
+    assert_eq!(harness.grant(&grant.id).await.status(), GrantStatus::Ended);
+    assert!(
+        !fixture.realm.holds_realm_role(&user.id, &role).await,
+        "the mapping that the portal restored outlived the grant"
     );
 }

@@ -26,6 +26,10 @@ use crate::server::keycloak::RoleRef;
 use crate::server::requests::store::StoreError;
 use crate::with_pool;
 
+/// How long the status page lists a restore or a removal, in seconds (7 days). Standing
+/// access is listed for as long as runs find it.
+const ACTION_FINDING_SECONDS: i64 = 7 * 24 * 3600;
+
 /// The time of a run as its leases need it: the `now` that the run was given plus the
 /// time elapsed since, so that a lease taken late in a long run still lasts its length.
 struct RunClock {
@@ -161,9 +165,9 @@ impl Reconciler {
                 open.iter().map(|grant| grant.subject.as_str()).collect();
 
             for grant in &open {
-                let applied = grant.status() == GrantStatus::Active
-                    && grant.preexisting == 0
-                    && grant.ends_at > now;
+                // A grant of a role held before is restored too: the direct mapping it relied
+                // on was removed, and the grant still gives the role until its end.
+                let applied = grant.status() == GrantStatus::Active && grant.ends_at > now;
                 if applied
                     && !holder_ids.contains_key(grant.subject.as_str())
                     && self.restore(grant, role, &role_ref, &clock).await?
@@ -803,12 +807,31 @@ impl Reconciler {
             async {
                 let mut tx = pool.begin_with(self.database.begin_for_write()).await?;
                 if let Some((grant, comment)) = restored {
+                    let comment = if grant.preexisting != 0 {
+                        // The portal added the mapping, so the grants of the lane remove it at
+                        // their end instead of leaving it as the user's own.
+                        sqlx::query(
+                            "update access_grant set preexisting = 0 where subject = $1 \
+                             and role_key = $2 and preexisting = 1 \
+                             and status in ('applying', 'active', 'revoking')",
+                        )
+                        .bind(&grant.subject)
+                        .bind(&grant.role_key)
+                        .execute(&mut *tx)
+                        .await?;
+                        format!(
+                            "{comment}. The user held the role directly before the grant, and that \
+                             mapping was removed, so the grant now removes the mapping at its end"
+                        )
+                    } else {
+                        comment.to_owned()
+                    };
                     let event = GrantEvent {
                         actor: None,
                         action: "grant_mapping_restored",
                         from: GrantStatus::Active,
                         to: GrantStatus::Active,
-                        comment,
+                        comment: &comment,
                     };
                     grant_audit!(tx, &self.database, now, &grant.request_id, &grant.id, &event)?;
                 }
@@ -834,8 +857,10 @@ impl Reconciler {
                 .bind(kind)
                 .execute(&mut *tx)
                 .await?;
-                // Two replicas may find the same thing at once: the partial unique index
-                // keeps one open row, and only the replica that inserted it writes the event.
+                // Two replicas may find the same standing access at once. The partial unique
+                // index keeps one open row, and only the replica that inserted it writes the
+                // event. A restore or a removal is an action of one replica, and each one
+                // gets its event.
                 let inserted = if known.rows_affected() == 0 {
                     sqlx::query(
                         "insert into reconcile_finding (subject, username, role_key, kind, detail, \
@@ -854,7 +879,7 @@ impl Reconciler {
                 } else {
                     0
                 };
-                if inserted > 0 {
+                if inserted > 0 || kind != "standing_access" {
                     let action = match kind {
                         "removed" => "standing_access_removed",
                         "restored" => "drift_mapping_restored",
@@ -865,6 +890,10 @@ impl Reconciler {
                         occurred_at: now,
                         action,
                         comment: &comment,
+                        // A restore names its grant, so filtered exports of the requester or
+                        // the role include it.
+                        request_id: restored.map(|(grant, _)| grant.request_id.as_str()),
+                        grant_id: restored.map(|(grant, _)| grant.id.as_str()),
                         ..AuditRecord::default()
                     };
                     append_audit!(tx, &self.database, &record)?;
@@ -877,8 +906,9 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Closes the open standing-access findings that this run did not see again. Roles that
-    /// could not be read keep their findings open.
+    /// Closes the open standing-access findings that this run did not see again, and the
+    /// restores and removals older than [`ACTION_FINDING_SECONDS`]. Roles that could not be
+    /// read keep their standing-access findings open.
     async fn resolve_unseen(
         &self,
         seen: &HashSet<(String, String, &'static str)>,
@@ -887,6 +917,12 @@ impl Reconciler {
     ) -> Result<(), StoreError> {
         let open = list_findings(&self.database, 1000).await?;
         for finding in open {
+            if finding.kind != "standing_access" {
+                if finding.last_seen <= now - ACTION_FINDING_SECONDS {
+                    self.resolve(finding.id, now).await?;
+                }
+                continue;
+            }
             if summary
                 .errors
                 .iter()
@@ -900,17 +936,44 @@ impl Reconciler {
                 (subject, role_key) == (&key.0, &key.1) && *seen_kind == kind
             });
             if !again {
-                with_pool!(&self.database, |pool| {
-                    sqlx::query("update reconcile_finding set resolved_at = $1 where id = $2")
-                        .bind(now)
-                        .bind(finding.id)
-                        .execute(pool)
-                        .await
-                        .map(|done| done.rows_affected())
-                })?;
+                self.resolve(finding.id, now).await?;
             }
         }
         Ok(())
+    }
+
+    async fn resolve(&self, finding_id: i64, now: i64) -> Result<(), StoreError> {
+        with_pool!(&self.database, |pool| {
+            sqlx::query("update reconcile_finding set resolved_at = $1 where id = $2")
+                .bind(now)
+                .bind(finding_id)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Takes the reconciliation run of this interval for this replica. Returns false when
+    /// another replica started one less than `interval_seconds` ago, so replicas on one
+    /// database take turns instead of each running it every interval.
+    pub async fn take_turn(&self, now: i64, interval_seconds: i64) -> Result<bool, StoreError> {
+        // One second of slack, because a replica's ticks can land a second early or late.
+        let due_before = now - interval_seconds + 1;
+        let taken = with_pool!(&self.database, |pool| {
+            sqlx::query(
+                "insert into job_run (name, owner, started_at) values ('reconcile', $1, $2) \
+                 on conflict (name) do update set owner = excluded.owner, \
+                 started_at = excluded.started_at where job_run.started_at <= $3",
+            )
+            .bind(&self.owner)
+            .bind(now)
+            .bind(due_before)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(taken > 0)
     }
 }
 
