@@ -176,6 +176,11 @@ fn parse_duration(entry: &str, field: &str, text: &str) -> Result<Duration, Stri
     if duration.is_zero() {
         return Err(format!("role `{entry}`: {field} must be longer than zero"));
     }
+    if duration.as_secs() == 0 || duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "role `{entry}`: {field} `{text}` is not a whole number of seconds; write it like 90s, 30m or 4h"
+        ));
+    }
     Ok(duration)
 }
 

@@ -1100,6 +1100,17 @@ async fn unsent_removal_is_dropped(database: Database) {
     assert_eq!(pending_writes(&harness.database).await, 0);
 }
 
+/// Checks that the scheduled event names the grant's start and end as RFC 3339 instants.
+async fn scheduled_event_names_instants(database: Database) {
+    let harness = Harness::new(database);
+    harness.grant("alice", "db-admin", 600, None).await;
+    let comments = audit_comments(&harness.database, "grant_scheduled").await;
+    assert_eq!(
+        comments,
+        ["from 2030-03-17T17:46:40Z to 2030-03-17T17:56:40Z"]
+    );
+}
+
 /// Checks that a grant of a role held before gets the mapping back when it is removed
 /// during the grant, and then removes it at its end.
 async fn held_before_grant_is_restored(database: Database) {
@@ -1358,6 +1369,7 @@ on_both_engines!(
     interrupted_removal_is_recorded_later,
     unsent_removal_is_dropped,
     held_before_grant_is_restored,
+    scheduled_event_names_instants,
     restores_stay_listed_for_a_week,
     replicas_take_reconcile_turns,
 );

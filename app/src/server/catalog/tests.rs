@@ -101,6 +101,18 @@ fn zero_duration_is_rejected() {
 }
 
 #[test]
+fn fractional_duration_is_rejected() {
+    let text = VALID.replace("max_duration = \"4h\"", "max_duration = \"90500ms\"");
+    assert_eq!(
+        problems(&text),
+        vec![
+            "role `db-admin`: max_duration `90500ms` is not a whole number of seconds; write it like 90s, 30m or 4h"
+                .to_owned()
+        ]
+    );
+}
+
+#[test]
 fn overlong_maximum_is_rejected() {
     let text = VALID.replace("max_duration = \"4h\"", "max_duration = \"60d\"");
     assert!(problems(&text)[0].contains("exceeds the limit"));

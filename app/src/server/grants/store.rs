@@ -224,9 +224,14 @@ macro_rules! insert_grant {
             .bind(now)
             .execute(&mut *$tx)
             .await?;
+            let span = format!(
+                "from {} to {}",
+                $crate::server::format_instant(starts_at),
+                $crate::server::format_instant(ends_at)
+            );
             let comment = match source.extends_grant_id {
-                Some(parent) => format!("extends grant {parent}; from {starts_at} to {ends_at}"),
-                None => format!("from {starts_at} to {ends_at}"),
+                Some(parent) => format!("extends grant {parent}; {span}"),
+                None => span,
             };
             let event = $crate::server::grants::store::GrantEvent {
                 actor: None,

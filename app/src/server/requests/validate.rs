@@ -49,6 +49,16 @@ fn human(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
+/// Returns `text` as an error message quotes it: the first 40 characters, and an ellipsis
+/// when there are more.
+fn shown(text: &str) -> String {
+    const SHOWN_CHARACTERS: usize = 40;
+    match text.char_indices().nth(SHOWN_CHARACTERS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 fn has_control_characters(text: &str) -> bool {
     text.chars()
         .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
@@ -63,11 +73,22 @@ pub fn validate(
     let mut errors = FieldErrors::new();
     let key = &role.key;
 
+    let duration_text = shown(form.duration.trim());
     let duration = match humantime::parse_duration(form.duration.trim()) {
         Ok(duration) if duration.is_zero() => {
             errors.insert(
                 "duration".into(),
                 "the duration must be longer than zero".into(),
+            );
+            None
+        }
+        // Grants are stored in whole seconds, so a fraction would be cut off silently.
+        Ok(duration) if duration.as_secs() == 0 || duration.subsec_nanos() != 0 => {
+            errors.insert(
+                "duration".into(),
+                format!(
+                    "`{duration_text}` is not a whole number of seconds: ask for at least 1s, in whole seconds, like 90s, 30m or 2h"
+                ),
             );
             None
         }
@@ -86,10 +107,7 @@ pub fn validate(
         Err(_) => {
             errors.insert(
                 "duration".into(),
-                format!(
-                    "`{}` is not a duration: write it like 30m, 2h or 1h 30m",
-                    form.duration.trim()
-                ),
+                format!("`{duration_text}` is not a duration: write it like 30m, 2h or 1h 30m"),
             );
             None
         }
@@ -254,6 +272,46 @@ ticket_pattern = "^[A-Z]+-[0-9]+$"
             ..form()
         })["duration"]
             .contains("not a duration"));
+    }
+
+    #[test]
+    fn fractional_durations_are_rejected() {
+        for text in ["500ms", "1ns", "1500ms"] {
+            let found = errors(RequestForm {
+                duration: text.into(),
+                ..form()
+            });
+            assert_eq!(
+                found["duration"],
+                format!("`{text}` is not a whole number of seconds: ask for at least 1s, in whole seconds, like 90s, 30m or 2h"),
+                "{text}"
+            );
+        }
+        let valid = validate(
+            &RequestForm {
+                duration: "2000ms".into(),
+                ..form()
+            },
+            &role(),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(valid.duration_seconds, 2);
+    }
+
+    #[test]
+    fn long_duration_text_is_shortened() {
+        let found = errors(RequestForm {
+            duration: "x".repeat(5000),
+            ..form()
+        });
+        assert_eq!(
+            found["duration"],
+            format!(
+                "`{}…` is not a duration: write it like 30m, 2h or 1h 30m",
+                "x".repeat(40)
+            )
+        );
     }
 
     #[test]
