@@ -3,6 +3,9 @@
 # 127.0.0.1:$BENCH_KEYCLOAK_PORT (default 8193). A Keycloak that already serves the stint
 # realm there is reused and left running. Otherwise one is started with dev/keycloak.sh
 # and an in-memory database (KEYCLOAK_DB=dev-mem) and stopped when the run ends.
+# BENCH_DATABASE=postgres puts the portal's database on PostgreSQL: the server at
+# BENCH_POSTGRES_URL, or one that dev/postgres.sh starts with fsync on, on port
+# $BENCH_POSTGRES_PORT (default 15433), and stops when the run ends.
 # Figures go to stdout, progress and build output to stderr. See bench/README.md.
 set -euo pipefail
 
@@ -26,12 +29,35 @@ command -v cargo >/dev/null || {
 }
 
 started_keycloak=0
-stop_keycloak() {
+started_postgres=0
+BENCH_POSTGRES_PORT="${BENCH_POSTGRES_PORT:-15433}"
+stop_services() {
   if ((started_keycloak)); then
     KEYCLOAK_PORT="$BENCH_KEYCLOAK_PORT" "$ROOT/dev/keycloak.sh" stop
   fi
+  if ((started_postgres)); then
+    POSTGRES_PORT="$BENCH_POSTGRES_PORT" "$ROOT/dev/postgres.sh" stop >/dev/null
+  fi
 }
-trap stop_keycloak EXIT
+trap stop_services EXIT
+
+case "${BENCH_DATABASE:-sqlite}" in
+  sqlite)
+    unset BENCH_POSTGRES_URL
+    ;;
+  postgres)
+    if [[ -z "${BENCH_POSTGRES_URL:-}" ]]; then
+      started_postgres=1
+      BENCH_POSTGRES_URL="$(POSTGRES_PORT="$BENCH_POSTGRES_PORT" POSTGRES_FSYNC=on "$ROOT/dev/postgres.sh" start)"
+      log "started PostgreSQL with fsync on at $BENCH_POSTGRES_URL"
+    fi
+    export BENCH_POSTGRES_URL
+    ;;
+  *)
+    log "error: invalid BENCH_DATABASE '${BENCH_DATABASE}': use sqlite or postgres"
+    exit 2
+    ;;
+esac
 
 if [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$DISCOVERY_URL")" == 200 ]]; then
   log "reusing the Keycloak that serves the stint realm on port $BENCH_KEYCLOAK_PORT"

@@ -5,12 +5,21 @@
 #   dev/postgres.sh stop    stop it and delete its data
 #   dev/postgres.sh url     print the URL
 #
-# POSTGRES_PORT (default 15432) picks the port. The cluster trusts every local connection,
-# so it is for tests only. initdb refuses to run as root, so as root the cluster runs as
+# POSTGRES_PORT (default 15432) picks the port. POSTGRES_FSYNC (default off) sets fsync:
+# off is faster and fine for throwaway test data, and benchmarks set it to on. The cluster
+# trusts every local connection, so it is for tests only. initdb refuses to run as root, so as root the cluster runs as
 # the `postgres` user that the package creates.
 set -euo pipefail
 
 port=${POSTGRES_PORT:-15432}
+fsync=${POSTGRES_FSYNC:-off}
+case $fsync in
+    on | off) ;;
+    *)
+        echo "invalid POSTGRES_FSYNC \`$fsync\`: use on or off" >&2
+        exit 2
+        ;;
+esac
 run_dir=${POSTGRES_RUN_DIR:-/tmp/stint-postgres-$port}
 data_dir=$run_dir/data
 
@@ -50,7 +59,7 @@ start() {
     as_owner "$bin/initdb" --pgdata="$data_dir" --auth=trust --encoding=UTF8 \
         --locale=C.UTF-8 --username="$(url | sed -E 's#postgres://([^@]+)@.*#\1#')" >"$run_dir/initdb.log"
     as_owner "$bin/pg_ctl" --pgdata="$data_dir" --log="$run_dir/postgres.log" --wait \
-        --options="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$run_dir -c fsync=off" \
+        --options="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$run_dir -c fsync=$fsync" \
         start >/dev/null
     url
 }

@@ -362,6 +362,7 @@ async fn scheduler_overhead(settings: &Settings) -> Result<Drain, BenchError> {
     let subjects: Vec<String> = users.into_iter().map(|user| user.id).collect();
     let result = drain(&portal, &scheduler, &recorder, &subjects, None, None).await;
     scheduler.stop().await;
+    portal.close().await;
     result
 }
 
@@ -755,6 +756,7 @@ async fn keycloak_phases(
     }
     .await;
     scheduler.stop().await;
+    portal.close().await;
     figures
 }
 
@@ -778,8 +780,10 @@ fn print_report(
     let n = settings.grants;
     println!();
     println!(
-        "revocation benchmark, {n} grants, scheduler concurrency {}, {} rounds",
-        settings.concurrency, settings.rounds
+        "revocation benchmark, {n} grants, scheduler concurrency {}, {} rounds, portal database {}",
+        settings.concurrency,
+        settings.rounds,
+        portal::engine()
     );
     println!(
         "  1-minute load average: {load_at_start} at the start, {} at the end, on {} CPUs",

@@ -1,6 +1,7 @@
-//! The portal side of the benchmark: a migrated SQLite database in a temporary folder, a
-//! catalog with the bench role, grants made by approving requests, and the real scheduler
-//! loop with the product's default settings apart from its concurrency.
+//! The portal side of the benchmark: a migrated database, a catalog with the bench role,
+//! grants made by approving requests, and the real scheduler loop with the product's
+//! default settings apart from its concurrency. The database is a SQLite file in a
+//! temporary folder, or a fresh database on the PostgreSQL server at `BENCH_POSTGRES_URL`.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -24,7 +25,19 @@ pub struct Portal {
     catalog: CatalogHandle,
     role_key: String,
     /// Keeps the SQLite file until the portal is dropped.
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL server's URL and the name of this portal's database on it, which
+    /// [`Portal::close`] drops.
+    postgres: Option<(String, String)>,
+}
+
+/// Returns the name of the engine that [`Portal::new`] uses, for the report.
+pub fn engine() -> &'static str {
+    if std::env::var_os("BENCH_POSTGRES_URL").is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    }
 }
 
 /// A scheduler whose [`Scheduler::run`] loop runs in a task until [`Self::stop`].
@@ -52,10 +65,28 @@ impl Portal {
     /// Opens a fresh database whose catalog offers realm role `role` under the same key,
     /// to anyone, without ending sessions.
     pub async fn new(role: &str) -> Result<Self, BenchError> {
-        let dir = tempfile::tempdir()?;
-        let url = format!("sqlite://{}", dir.path().join("stint.db").display());
-        let database = Database::connect(&url, &url).await?;
-        database.migrate(&url).await?;
+        let (database, dir, postgres) = match std::env::var("BENCH_POSTGRES_URL") {
+            Ok(server_url) => {
+                let name = format!("stint_bench_{}", uuid::Uuid::new_v4().simple());
+                let server = sqlx::PgPool::connect(&server_url).await?;
+                sqlx::query(&format!("create database {name}"))
+                    .execute(&server)
+                    .await?;
+                server.close().await;
+                let mut url = url::Url::parse(&server_url)?;
+                url.set_path(&name);
+                let database = Database::connect(url.as_str(), url.as_str()).await?;
+                database.migrate(url.as_str()).await?;
+                (database, None, Some((server_url, name)))
+            }
+            Err(_) => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("stint.db").display());
+                let database = Database::connect(&url, &url).await?;
+                database.migrate(&url).await?;
+                (database, Some(dir), None)
+            }
+        };
         let text = format!(
             r#"
 [[role]]
@@ -73,7 +104,29 @@ approvers.groups = ["/stint-approvers"]
             catalog: Arc::new(RwLock::new(Arc::new(catalog))),
             role_key: role.to_owned(),
             _dir: dir,
+            postgres,
         })
+    }
+
+    /// Closes the database and drops it when it is on PostgreSQL. A failure is reported on
+    /// stderr and leaves the database behind.
+    pub async fn close(self) {
+        server::with_pool!(&self.database, |pool| pool.close().await);
+        let Some((server_url, name)) = self.postgres else {
+            return;
+        };
+        let dropped = async {
+            let server = sqlx::PgPool::connect(&server_url).await?;
+            sqlx::query(&format!("drop database if exists {name}"))
+                .execute(&server)
+                .await?;
+            server.close().await;
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        if let Err(error) = dropped {
+            eprintln!("dropping the benchmark database {name} failed: {error}");
+        }
     }
 
     /// Stores a request by `user` for the bench role starting now, approves it and returns
