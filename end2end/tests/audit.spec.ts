@@ -414,6 +414,7 @@ test.describe('audit chain and access', () => {
       maxRedirects: 0,
     });
     expect(verify.status(), 'chain check for frank').toBe(403);
+    expect(await verify.text()).toBe('the audit log needs the auditor or admin persona');
   });
 
   test('signed-out export is sent to sign in', async ({ request }) => {
@@ -444,5 +445,11 @@ test.describe('audit chain and access', () => {
     const badDay = await erin.goto('/audit?from=2026-13-01');
     expect(badDay?.status()).toBe(200);
     await expect(erin.getByTestId('filter-error')).toContainText('`2026-13-01` is not a date');
+
+    const badStatus = await erin.request.get('/audit/export?format=csv&status=bogus');
+    expect(badStatus.status()).toBe(400);
+    expect(await badStatus.text()).toContain('status `bogus` is not a request or grant status: use one of');
+    await erin.goto('/audit?status=bogus');
+    await expect(erin.getByTestId('filter-error')).toContainText('status `bogus` is not a request or grant status');
   });
 });

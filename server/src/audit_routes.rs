@@ -35,7 +35,7 @@ fn auditor(user: RequestUser) -> Result<CurrentUser, Box<Response>> {
         Some(_) => Err(Box::new(
             (
                 StatusCode::FORBIDDEN,
-                "exports need the auditor or admin persona",
+                "the audit log needs the auditor or admin persona",
             )
                 .into_response(),
         )),

@@ -12,6 +12,7 @@ use app::server::requests::rules::Decision;
 use app::server::requests::store::{self, Actor, NewRequest, StoreError};
 use app::server::requests::validate::{validate, RequestForm};
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::post;
 use axum::{Extension, Form, Router};
@@ -238,8 +239,12 @@ async fn decide(
         ..Flash::default()
     };
     if !user.is(Persona::Approver) {
-        let flash = fail("Only approvers can decide requests.".into());
-        return flash_and_redirect(&session, flash, "/").await;
+        tracing::info!(request_id = %id, subject = %user.subject, "decision rejected: missing approver persona");
+        return (
+            StatusCode::FORBIDDEN,
+            "deciding requests needs the approver persona; ask a Keycloak administrator for it",
+        )
+            .into_response();
     }
     let decision = match form.decision.as_str() {
         "approve" => Decision::Approve,

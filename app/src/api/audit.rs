@@ -70,15 +70,40 @@ mod server_side {
                 ));
             }
         }
+        let status = optional(&query.status);
+        if let Some(status) = &status {
+            check_status(status)?;
+        }
         Ok(HistoryFilter {
             from,
             to,
             user: optional(&query.user),
             role: optional(&query.role),
             approver: optional(&query.approver),
-            status: optional(&query.status),
+            status,
             ticket: optional(&query.ticket),
         })
+    }
+
+    /// Checks that `status` is a request or grant status, which the filter compares with the
+    /// grant's status, or the request's when it has no grant.
+    fn check_status(status: &str) -> Result<(), String> {
+        use crate::server::grants::store::GrantStatus;
+        use crate::server::requests::rules::RequestStatus;
+        if RequestStatus::parse(status).is_some() || GrantStatus::parse(status).is_some() {
+            return Ok(());
+        }
+        let mut known: Vec<&str> = RequestStatus::ALL
+            .iter()
+            .map(|status| status.as_str())
+            .chain(GrantStatus::ALL.iter().map(|status| status.as_str()))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        Err(format!(
+            "status `{status}` is not a request or grant status: use one of {}",
+            known.join(", ")
+        ))
     }
 
     pub async fn grant_view(
