@@ -222,8 +222,10 @@ test.describe('requests and approvals', () => {
       headers: { origin: new URL(page.url()).origin },
       maxRedirects: 0,
     });
-    expect(response.status()).toBe(303);
-    await page.goto('/');
+    expect(response.status()).toBe(403);
+    expect(await response.text()).toContain('deciding requests needs the approver persona');
+    // No message is left waiting for the next page.
+    await page.goto('/requests');
     await expect(page.getByTestId('flash-error')).toHaveCount(0);
   });
 
