@@ -146,6 +146,17 @@ test.describe('forgery and failures', () => {
     expect(response.status()).toBe(403);
   });
 
+  test('server function checks the persona', async ({ page }) => {
+    const signedOut = await page.request.post('/api/grant_status', { headers: { origin: PORTAL_URL } });
+    expect(signedOut.status()).toBe(401);
+    expect(await signedOut.json()).toBe('SignedOut');
+
+    await signIn(page, 'alice');
+    const forbidden = await page.request.post('/api/grant_status', { headers: { origin: PORTAL_URL } });
+    expect(forbidden.status()).toBe(403);
+    expect(await forbidden.json()).toEqual({ Forbidden: 'Admin' });
+  });
+
   test('mismatched state shows a readable error', async ({ page }) => {
     const response = await page.goto('/auth/callback?code=abc&state=forged');
     expect(response?.status()).toBe(200);

@@ -169,6 +169,17 @@ test.describe('requests and approvals', () => {
     await expect(page.locator('#justification')).toHaveValue('<b>keep me</b>');
   });
 
+  test('fractional duration is rejected', async ({ page }) => {
+    await signIn(page, 'alice');
+    await fillRequest(page, 'prod-deployer', { duration: '500ms', justification: 'deploy' });
+    await page.getByTestId('submit-request').click();
+    await expect(page).toHaveURL(/\/requests\/new\?role=prod-deployer/);
+    await expect(page.getByTestId('error-duration')).toHaveText(
+      '`500ms` is not a whole number of seconds: ask for at least 1s, in whole seconds, like 90s, 30m or 2h',
+    );
+    await expect(page.locator('#duration')).toHaveValue('500ms');
+  });
+
   test('ticket must match the pattern', async ({ page }) => {
     await signIn(page, 'alice');
     await fillRequest(page, 'db-admin', { justification: 'x', ticket: 'ops 7' });

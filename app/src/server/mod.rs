@@ -16,15 +16,3 @@ pub fn format_time(seconds: i64) -> String {
         .and_then(|at| at.format(&format).ok())
         .unwrap_or_else(|| seconds.to_string())
 }
-
-/// Formats Unix seconds as RFC 3339 in UTC (`2026-12-04T17:30:05Z`), or as the bare number
-/// when out of range. Audit comments use it, because a grant can last seconds.
-pub fn format_instant(seconds: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(seconds)
-        .ok()
-        .and_then(|at| {
-            at.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| seconds.to_string())
-}

@@ -810,13 +810,7 @@ async fn reconciliation_restores_and_reports(database: Database) {
             .direct
             .insert(("bob-sub".into(), "deployer-id".into()));
     });
-    let reconciler = Reconciler::new(
-        harness.database.clone(),
-        harness.keycloak.clone(),
-        harness.catalog.clone(),
-        "reconciler".into(),
-        60,
-    );
+    let reconciler = reconciler(&harness, "reconciler");
     let summary = reconciler.run(NOW + 100).await.unwrap();
     assert_eq!(
         (summary.restored, summary.standing, summary.removed),
@@ -885,13 +879,7 @@ async fn standing_removal_holds_back_a_start(database: Database) {
             .insert(("alice-sub".into(), "deployer-id".into()))
     });
     let grant = harness.grant("alice", "deployer", 3600, None).await;
-    let reconciler = Reconciler::new(
-        harness.database.clone(),
-        harness.keycloak.clone(),
-        harness.catalog.clone(),
-        "reconciler".into(),
-        60,
-    );
+    let reconciler = reconciler(&harness, "reconciler");
 
     let paused = harness.keycloak.removals.lock().await;
     let reconciliation = tokio::spawn(async move { reconciler.run(NOW).await });

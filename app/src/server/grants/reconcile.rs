@@ -575,7 +575,7 @@ impl Reconciler {
                 if busy.is_some() {
                     return Ok::<bool, sqlx::Error>(false);
                 }
-                let taken = sqlx::query(
+                let inserted = sqlx::query(
                     "insert into lane_lease (subject, role_key, owner, expires_at, created_at) \
                      values ($1, $2, $3, $4, $5) on conflict (subject, role_key) do update \
                      set owner = excluded.owner, expires_at = excluded.expires_at, \
@@ -590,7 +590,7 @@ impl Reconciler {
                 .await?
                 .rows_affected();
                 tx.commit().await?;
-                Ok(taken > 0)
+                Ok(inserted > 0)
             }
             .await
         })?;
@@ -960,7 +960,7 @@ impl Reconciler {
     pub async fn take_turn(&self, now: i64, interval_seconds: i64) -> Result<bool, StoreError> {
         // One second of slack, because a replica's ticks can land a second early or late.
         let due_before = now - interval_seconds + 1;
-        let taken = with_pool!(&self.database, |pool| {
+        let started = with_pool!(&self.database, |pool| {
             sqlx::query(
                 "insert into job_run (name, owner, started_at) values ('reconcile', $1, $2) \
                  on conflict (name) do update set owner = excluded.owner, \
@@ -973,7 +973,7 @@ impl Reconciler {
             .await
             .map(|done| done.rows_affected())
         })?;
-        Ok(taken > 0)
+        Ok(started > 0)
     }
 }
 

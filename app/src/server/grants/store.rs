@@ -226,8 +226,8 @@ macro_rules! insert_grant {
             .await?;
             let span = format!(
                 "from {} to {}",
-                $crate::server::format_instant(starts_at),
-                $crate::server::format_instant(ends_at)
+                $crate::server::audit::export::rfc3339(starts_at),
+                $crate::server::audit::export::rfc3339(ends_at)
             );
             let comment = match source.extends_grant_id {
                 Some(parent) => format!("extends grant {parent}; {span}"),
